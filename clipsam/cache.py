@@ -1,0 +1,103 @@
+"""Frozen-feature cache: CLIP tokens and SAM embeddings never change for an image, so keep them.
+
+Entries are keyed by (backbone id, image content hash). A bounded in-memory LRU sits in front of
+an optional on-disk store of safetensors files (memory-mapped on read), shareable by processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+logger = logging.getLogger(__name__)
+
+Entry = dict[str, Tensor]
+
+
+class FeatureCache:
+    """Thread-safe LRU of tensor dicts with an optional disk tier under ``disk_dir``."""
+
+    def __init__(self, max_items: int = 64, disk_dir: str | Path | None = None) -> None:
+        self.max_items = max_items
+        self.disk_dir = Path(disk_dir) if disk_dir else None
+        self._memory: OrderedDict[tuple[str, str], Entry] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, namespace: str, key: str) -> Entry | None:
+        with self._lock:
+            entry = self._memory.get((namespace, key))
+            if entry is not None:
+                self._memory.move_to_end((namespace, key))
+                self.hits += 1
+                return entry
+        entry = self._read_disk(namespace, key)
+        with self._lock:
+            if entry is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+                self._remember((namespace, key), entry)
+        return entry
+
+    def put(self, namespace: str, key: str, entry: Entry) -> None:
+        entry = {name: t.detach().cpu().contiguous() for name, t in entry.items()}
+        with self._lock:
+            self._remember((namespace, key), entry)
+        self._write_disk(namespace, key, entry)
+
+    def clear_memory(self) -> None:
+        with self._lock:
+            self._memory.clear()
+
+    def __len__(self) -> int:
+        return len(self._memory)
+
+    def _remember(self, full_key: tuple[str, str], entry: Entry) -> None:
+        self._memory[full_key] = entry
+        self._memory.move_to_end(full_key)
+        while len(self._memory) > self.max_items:
+            self._memory.popitem(last=False)
+
+    def _path(self, namespace: str, key: str) -> Path | None:
+        if self.disk_dir is None:
+            return None
+        space = hashlib.sha1(namespace.encode()).hexdigest()[:16]
+        return self.disk_dir / space / key[:2] / f"{key}.safetensors"
+
+    def _read_disk(self, namespace: str, key: str) -> Entry | None:
+        path = self._path(namespace, key)
+        if path is None or not path.is_file():
+            return None
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as exc:
+            logger.warning("dropping unreadable cache file %s: %s", path, exc)
+            path.unlink(missing_ok=True)
+            return None
+
+    def _write_disk(self, namespace: str, key: str, entry: Entry) -> None:
+        path = self._path(namespace, key)
+        if path is None:
+            return
+        tmp: str | None = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+            os.close(fd)
+            save_file(entry, tmp, metadata={"namespace": namespace})
+            os.replace(tmp, path)
+        except OSError as exc:  # a full disk must not fail a prediction
+            logger.warning("could not write cache file %s: %s", path, exc)
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)

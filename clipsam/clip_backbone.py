@@ -1,0 +1,221 @@
+"""The frozen CLIP stage: multi-stage patch tokens, the global embedding, and text features.
+
+The weights live in open_clip's own modules; only the forward pass is ours, because we need three
+things open_clip's forward does not give in one pass: the residual stream after several blocks,
+a value-value attention side path for the training-free head, and SDPA attention.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import zipfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.model import resize_pos_embed
+from PIL import Image
+from torch import Tensor, nn
+
+from clipsam.config import ClipConfig
+from clipsam.prompts import category_phrase, prompt_sentences
+from clipsam.weights import WeightSource
+
+logger = logging.getLogger(__name__)
+
+open_clip.add_model_config(Path(__file__).parent / "model_configs")
+
+_MEAN = np.asarray(open_clip.OPENAI_DATASET_MEAN, dtype=np.float32)
+_STD = np.asarray(open_clip.OPENAI_DATASET_STD, dtype=np.float32)
+_TEXT_BATCH = 128
+
+
+class ClipBackbone(nn.Module):
+    """Wraps an open_clip ``CLIP`` model; frozen, always run under ``inference_mode``.
+
+    ``encode_images`` returns, per batch of ``B`` images:
+    ``stages`` (B, S, N², width) residual stream after each tapped block, CLS dropped;
+    ``global`` (B, E) the normalised image embedding; ``vv`` (B, N², E) value-value tokens
+    projected into the joint space.
+    """
+
+    def __init__(self, model: nn.Module, config: ClipConfig, backbone_id: str) -> None:
+        super().__init__()
+        self.model: Any = model.eval().requires_grad_(False)
+        self.config = config
+        self.backbone_id = backbone_id
+        self.tokenizer = open_clip.get_tokenizer(config.clip_model)
+        visual = self.visual
+        blocks = visual.transformer.resblocks
+        if max(config.layers) > len(blocks) or min(config.layers) < 1:
+            raise ValueError(
+                f"layers {config.layers} outside 1..{len(blocks)} of {config.clip_model}"
+            )
+        for block in blocks:
+            attn = getattr(block, "attn", None)
+            if not isinstance(attn, nn.MultiheadAttention) or not attn._qkv_same_embed_dim:
+                raise ValueError(f"{config.clip_model} uses custom attention blocks; unsupported")
+        self.grid = int(visual.grid_size[0])
+        self.width = int(visual.transformer.width)
+        self.embed_dim = int(visual.output_dim)
+        self._text_cache: dict[tuple[str, tuple[str, ...]], Tensor] = {}
+        self._text_lock = threading.Lock()
+
+    @property
+    def visual(self) -> Any:
+        return self.model.visual
+
+    @property
+    def device(self) -> torch.device:
+        return self.visual.conv1.weight.device
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> Tensor:
+        """Squash each RGB array to the input size (bicubic), OpenAI mean/std → (B, 3, S, S)."""
+        size = self.config.image_size
+        batch = np.stack(
+            [
+                np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BICUBIC))
+                for img in images
+            ]
+        )
+        pixels = (batch.astype(np.float32) / 255.0 - _MEAN) / _STD
+        return torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous().to(self.device)
+
+    @torch.inference_mode()
+    def encode_images(self, pixels: Tensor) -> dict[str, Tensor]:
+        visual = self.visual
+        blocks = visual.transformer.resblocks
+        taps = set(self.config.layers)
+        vv_start = len(blocks) - max(0, min(self.config.vv_blocks, len(blocks)))
+        x = visual._embeds(pixels)
+        stages: list[Tensor] = []
+        vv: Tensor | None = None
+        for index, block in enumerate(blocks):
+            if index == vv_start:
+                vv = x
+            x, vv = _block_forward(block, x, vv)
+            if index + 1 in taps:
+                stages.append(x[:, 1:])
+        global_embed = visual.ln_post(x[:, 0]) @ visual.proj
+        vv_tokens = visual.ln_post(vv[:, 1:] if vv is not None else x[:, 1:]) @ visual.proj
+        return {
+            "stages": torch.stack(stages, dim=1),
+            "global": F.normalize(global_embed, dim=-1),
+            "vv": vv_tokens,
+        }
+
+    @torch.inference_mode()
+    def encode_text(self, sentences: Sequence[str]) -> Tensor:
+        """Normalised text embeddings (n, E)."""
+        chunks = []
+        for start in range(0, len(sentences), _TEXT_BATCH):
+            tokens = self.tokenizer(list(sentences[start : start + _TEXT_BATCH])).to(self.device)
+            chunks.append(self.model.encode_text(tokens, normalize=True))
+        return torch.cat(chunks)
+
+    def text_features(self, category: str | None, defect_words: Sequence[str] = ()) -> Tensor:
+        """T ∈ R^{2×E}: row 0 normal, row 1 abnormal; computed once per (category, words)."""
+        key = (category_phrase(category), tuple(w.strip() for w in defect_words if w.strip()))
+        with self._text_lock:
+            cached = self._text_cache.get(key)
+            if cached is None:
+                normal, abnormal = prompt_sentences(*key)
+                rows = [self.encode_text(normal).mean(0), self.encode_text(abnormal).mean(0)]
+                cached = F.normalize(torch.stack(rows), dim=-1)
+                self._text_cache[key] = cached
+                logger.debug("text features for %r computed (%d sentences)", key, len(normal) * 2)
+        return cached
+
+
+def _block_forward(block: Any, x: Tensor, vv: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """One open_clip ``ResidualAttentionBlock`` with SDPA, plus the value-value side path.
+
+    The side path (CLIP Surgery / AnomalyCLIP style) adds value-value self-attention of the
+    main stream's normalised input, and skips the MLP, so patch tokens keep local semantics.
+    """
+    attn: nn.MultiheadAttention = block.attn
+    batch, length, width = x.shape
+    heads = attn.num_heads
+    hidden = block.ln_1(x)
+    q, k, v = F.linear(hidden, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+
+    def split(t: Tensor) -> Tensor:
+        return t.view(batch, length, heads, width // heads).transpose(1, 2)
+
+    def merge(t: Tensor) -> Tensor:
+        return attn.out_proj(t.transpose(1, 2).reshape(batch, length, width))
+
+    out = merge(F.scaled_dot_product_attention(split(q), split(k), split(v)))
+    if vv is not None:
+        values = split(v)
+        vv = vv + merge(F.scaled_dot_product_attention(values, values, values))
+    x = x + block.ls_1(out)
+    x = x + block.ls_2(block.mlp(block.ln_2(x)))
+    return x, vv
+
+
+def build_clip(config: ClipConfig, weights: WeightSource, seed: int) -> ClipBackbone:
+    """Create the open_clip model at ``config.image_size``; load ``weights`` or seed randomly."""
+    with torch.random.fork_rng(devices=[]), _quiet_root_logger():
+        torch.manual_seed(seed)
+        model = open_clip.create_model(
+            config.clip_model,
+            pretrained=None,
+            force_quick_gelu=config.activation == "quick_gelu",
+            force_image_size=config.image_size,
+        )
+    if weights.file is not None:
+        _load_clip_weights(model, weights.file)
+    source = weights.name
+    layers = "-".join(str(layer) for layer in config.layers)
+    backbone_id = (
+        f"{config.clip_model}/{source}/{config.image_size}px/{config.activation}/L{layers}"
+    )
+    return ClipBackbone(model, config, backbone_id)
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """open_clip warns on the root logger that it built random weights; we load them next."""
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def _load_clip_weights(model: nn.Module, path: Path) -> None:
+    """Load an open_clip checkpoint (safetensors, state dict, or OpenAI's TorchScript archive).
+
+    Position embeddings are resized (bicubic, antialias) from the checkpoint's grid to ours.
+    """
+    logger.info("loading CLIP weights from %s", path)
+    state_dict: dict[str, Tensor]
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state_dict = load_file(str(path))
+    elif _is_torchscript(path):
+        # OpenAI's release format; checksum-verified when downloaded by us.
+        state_dict = torch.jit.load(str(path), map_location="cpu").state_dict()
+        for key in ("input_resolution", "context_length", "vocab_size"):
+            state_dict.pop(key, None)
+    else:
+        loaded = torch.load(str(path), map_location="cpu", weights_only=True)
+        state_dict = loaded.get("state_dict", loaded)
+    state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
+    resize_pos_embed(state_dict, model)
+    model.load_state_dict(state_dict, strict=True)
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("constants.pkl") for name in archive.namelist())

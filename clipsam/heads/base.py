@@ -1,0 +1,52 @@
+"""What every head shares: its identity (kind, knobs, backbone) and logits → anomaly maps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class AnomalyHead(nn.Module):
+    """A head turns frozen CLIP features and the text features T (2, E) into per-stage logits.
+
+    ``forward(features, text)`` returns logits (B, S, 2, N, N) on the patch grid; channel 1 is
+    "abnormal". ``options`` are the constructor knobs, saved with the weights so a file
+    rebuilds the same module.
+    """
+
+    kind: str = ""
+
+    def __init__(self, backbone_id: str, options: dict[str, Any]) -> None:
+        super().__init__()
+        self.backbone_id = backbone_id
+        self.options = dict(options)
+        self.version = "untrained"
+
+    def forward(self, features: dict[str, Tensor], text: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+def text_logits(tokens: Tensor, text: Tensor, scale: float, grid: int) -> Tensor:
+    """Cosine logits of tokens (B, N², E) against T (2, E) → (B, 2, N, N)."""
+    logits = scale * F.normalize(tokens, dim=-1) @ F.normalize(text, dim=-1).T
+    return logits.transpose(1, 2).reshape(tokens.shape[0], 2, grid, grid)
+
+
+def stage_probabilities(logits: Tensor, size: int) -> Tensor:
+    """Per-stage abnormal probability maps (B, S, size, size): bilinear upsample, then softmax."""
+    batch, stages, _, grid, _ = logits.shape
+    up = F.interpolate(
+        logits.reshape(batch * stages, 2, grid, grid),
+        size=(size, size),
+        mode="bilinear",
+        align_corners=False,
+    )
+    return torch.softmax(up, dim=1)[:, 1].reshape(batch, stages, size, size)
+
+
+def coarse_map(logits: Tensor, size: int) -> Tensor:
+    """The coarse anomaly map A (B, size, size) = mean over stages; stays in [0, 1]."""
+    return stage_probabilities(logits, size).mean(dim=1)

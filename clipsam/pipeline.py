@@ -1,0 +1,307 @@
+"""The ClipSAM pipeline: images → CLIP features (cached) → head → coarse map → MMR → prediction.
+
+The pipeline owns the frozen backbones, the feature cache and the current head. Swapping the
+head (``set_head``) is one attribute assignment, and each ``predict`` call reads the head once,
+so a concurrent swap never mixes two heads inside one call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from clipsam.cache import FeatureCache
+from clipsam.clip_backbone import ClipBackbone, build_clip
+from clipsam.config import PipelineConfig, config_to_dict, resolve_config
+from clipsam.heads import AnomalyHead, HeadMismatchError, build_head, coarse_map, load_head
+from clipsam.images import ImageInput, image_hash, load_image
+from clipsam.refine import Component, find_components, refine
+from clipsam.sam_backbone import SamBackbone, build_sam
+from clipsam.weights import WeightPaths, resolve_weights
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Region:
+    """One predicted defect: ``bbox`` is XYXY in pixels (x1, y1 exclusive)."""
+
+    mask: np.ndarray  # bool (H, W)
+    bbox: tuple[int, int, int, int]
+    score: float  # mean of the final map inside the region
+
+
+@dataclass
+class Prediction:
+    """Everything predicted for one image, at the image's own size (H, W)."""
+
+    anomaly_map: np.ndarray  # float32 (H, W) in [0, 1]
+    mask: np.ndarray  # bool (H, W): union of the regions
+    regions: list[Region]
+    score: float  # image-level anomaly score in [0, 1]
+    clip_score: float = 0.0  # CLIP's global "abnormal" probability
+    sam_used: bool = False
+    head_version: str = ""
+
+
+@dataclass
+class _Stats:
+    clip_forwards: int = 0
+    sam_forwards: int = 0
+    images: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        config: PipelineConfig,
+        clip: ClipBackbone,
+        sam: SamBackbone | None,
+        head: AnomalyHead,
+        cache: FeatureCache,
+        device: torch.device,
+    ) -> None:
+        self.config = config
+        self.clip = clip
+        self.sam = sam
+        self.cache = cache
+        self.device = device
+        self.stats = _Stats()
+        self._head = head
+        self.set_head(head)  # validates the backbone and moves it to the device
+
+    # ---- head management -------------------------------------------------------------
+    @property
+    def head(self) -> AnomalyHead:
+        return self._head
+
+    def set_head(self, head: AnomalyHead) -> None:
+        """Serve ``head`` from the next ``predict`` on; refuses heads for another backbone."""
+        if head.backbone_id != self.clip.backbone_id:
+            raise HeadMismatchError(
+                f"head {head.version!r} was built for {head.backbone_id!r}, "
+                f"this pipeline runs {self.clip.backbone_id!r}"
+            )
+        self._head = head.to(self.device).eval().requires_grad_(False)
+
+    def load_head(self, path: str | Path) -> AnomalyHead:
+        head = load_head(path, self.clip.backbone_id)
+        self.set_head(head)
+        logger.info("serving head %s from %s", head.version, path)
+        return head
+
+    def new_head(self, seed: int | None = None) -> AnomalyHead:
+        """A freshly initialised head of the configured kind (seeded), e.g. to train."""
+        return fresh_head(self.config, self.clip, self.config.seed if seed is None else seed)
+
+    def info(self) -> dict[str, Any]:
+        """What is running: preset, backbones, where weights came from, head, device."""
+        return {
+            "preset": self.config.preset,
+            "weights": self.config.weights,
+            "random_weights": self.config.weights == "random",
+            "clip_backbone": self.clip.backbone_id,
+            "sam_backbone": self.sam.backbone_id if self.sam else None,
+            "head": self._head.kind,
+            "head_version": self._head.version,
+            "device": str(self.device),
+            "config": config_to_dict(self.config),
+        }
+
+    # ---- frozen features (cached) ----------------------------------------------------
+    def clip_features(self, images: Sequence[np.ndarray], hashes: Sequence[str]) -> list[dict]:
+        """CLIP features per image, from the cache or one batched backbone forward."""
+        namespace = self.clip.backbone_id
+        found = [self.cache.get(namespace, h) for h in hashes]
+        missing = [i for i, entry in enumerate(found) if entry is None]
+        if missing:
+            out = self.clip.encode_images(self.clip.preprocess([images[i] for i in missing]))
+            self.stats.clip_forwards += 1
+            dtype = getattr(torch, self.config.cache_dtype)
+            for row, i in enumerate(missing):
+                entry = {name: t[row].to(dtype) for name, t in out.items()}
+                self.cache.put(namespace, hashes[i], entry)
+                found[i] = self.cache.get(namespace, hashes[i]) or entry
+        return [entry for entry in found if entry is not None]
+
+    def sam_embeddings(self, images: Sequence[np.ndarray], hashes: Sequence[str]) -> list[Tensor]:
+        """SAM image embeddings per image, from the cache or one batched encoder forward."""
+        assert self.sam is not None
+        namespace = self.sam.backbone_id
+        found = [self.cache.get(namespace, h) for h in hashes]
+        missing = [i for i, entry in enumerate(found) if entry is None]
+        if missing:
+            embeddings = self.sam.embed([images[i] for i in missing])
+            self.stats.sam_forwards += 1
+            for row, i in enumerate(missing):
+                found[i] = {"embedding": embeddings[row]}
+                self.cache.put(namespace, hashes[i], found[i])  # type: ignore[arg-type]
+        return [entry["embedding"][None] for entry in found if entry is not None]
+
+    # ---- prediction ------------------------------------------------------------------
+    def predict(
+        self,
+        images: Sequence[ImageInput] | ImageInput,
+        category: str | None = None,
+        defect_words: Sequence[str] = (),
+    ) -> list[Prediction]:
+        """Predict every image (RGB arrays, PIL images, paths or bytes), batched."""
+        batch: Sequence[ImageInput] = (
+            images if isinstance(images, (list, tuple)) else [images]  # type: ignore[list-item]
+        )
+        arrays = [load_image(image) for image in batch]
+        head = self._head  # read once: a concurrent swap never mixes heads within a call
+        text = self.clip.text_features(category, defect_words).to(self.device)
+        predictions: list[Prediction] = []
+        for chunk in _chunks(arrays, self.config.batch_size):
+            predictions += self._predict_chunk(chunk, head, text)
+        self.stats.images += len(arrays)
+        return predictions
+
+    def coarse_maps(self, features: list[dict], head: AnomalyHead, text: Tensor) -> Tensor:
+        """A (B, S, S) at the CLIP input size, from cached features."""
+        batch = {
+            name: torch.stack([f[name] for f in features]).to(self.device) for name in features[0]
+        }
+        with torch.inference_mode():
+            return coarse_map(head(batch, text), self.clip.config.image_size)
+
+    def _predict_chunk(
+        self, images: list[np.ndarray], head: AnomalyHead, text: Tensor
+    ) -> list[Prediction]:
+        hashes = [image_hash(image) for image in images]
+        features = self.clip_features(images, hashes)
+        maps = self.coarse_maps(features, head, text)
+        global_embeds = torch.stack([f["global"] for f in features]).to(self.device).float()
+        clip_scores = torch.softmax(100.0 * global_embeds @ text.float().T, dim=-1)[:, 1]
+        amaps = [_resize_map(maps[i], image.shape[:2]) for i, image in enumerate(images)]
+        components = [find_components(amap, self.config.mmr) for amap in amaps]
+        use_sam = self.sam is not None and self.config.mmr.use_sam
+        to_refine = [i for i, comps in enumerate(components) if comps and use_sam]
+        embeddings: dict[int, Tensor] = {}
+        if to_refine:
+            found = self.sam_embeddings(
+                [images[i] for i in to_refine], [hashes[i] for i in to_refine]
+            )
+            embeddings = dict(zip(to_refine, found, strict=True))
+        return [
+            self._assemble(amaps[i], components[i], embeddings.get(i), float(clip_scores[i]), head)
+            for i in range(len(images))
+        ]
+
+    def _assemble(
+        self,
+        amap: np.ndarray,
+        components: list[Component],
+        embedding: Tensor | None,
+        clip_score: float,
+        head: AnomalyHead,
+    ) -> Prediction:
+        mmr = self.config.mmr
+        final, region_masks = amap, [c.mask for c in components]
+        if embedding is not None and self.sam is not None:
+            refinement = refine(amap, components, embedding, self.sam, mmr)
+            final = refinement.final_map
+            above = final > mmr.tau
+            region_masks = [
+                above & (c.mask | sam_mask)
+                for c, sam_mask in zip(components, refinement.sam_masks, strict=True)
+            ]
+        regions = [_region(m, final) for m in region_masks if m.any()]
+        mask = np.zeros(amap.shape, dtype=bool)
+        for region in regions:
+            mask |= region.mask
+        w = self.config.image_score_weight
+        score = w * clip_score + (1.0 - w) * float(final.max())
+        return Prediction(
+            anomaly_map=final.astype(np.float32, copy=False),
+            mask=mask,
+            regions=regions,
+            score=float(np.clip(score, 0.0, 1.0)),
+            clip_score=clip_score,
+            sam_used=embedding is not None,
+            head_version=head.version,
+        )
+
+
+def load_pipeline(preset: str | PipelineConfig = "paper", **overrides: Any) -> Pipeline:
+    """Build a pipeline from a preset (``paper``, ``fast``, ``tiny``) and config overrides.
+
+    Weights: ``CLIPSAM_HOME`` (cache dir), ``CLIPSAM_CLIP_WEIGHTS``, ``CLIPSAM_SAM_CHECKPOINT``
+    and ``CLIPSAM_HEAD`` are read here, once. Without a head file, and unless a head kind is
+    asked for explicitly, the training-free head serves until a head is trained.
+    """
+    config = resolve_config(preset, **overrides)
+    paths = WeightPaths.from_env()
+    if config.head_path is None and paths.head is not None:
+        config = dataclasses.replace(config, head_path=str(paths.head))
+    if config.head_path is None and "head" not in overrides:
+        config = dataclasses.replace(config, head=dataclasses.replace(config.head, head="none"))
+    device = _resolve_device(config.device)
+    clip_weights, sam_weights = resolve_weights(config, paths)
+    clip = build_clip(config.clip, clip_weights, config.seed)
+    sam = build_sam(config.sam, sam_weights, config.seed) if config.mmr.use_sam else None
+    clip.to(device)
+    if sam is not None:
+        sam.sam.to(device)
+    head = (
+        load_head(config.head_path, clip.backbone_id)
+        if config.head_path is not None
+        else fresh_head(config, clip, config.seed)
+    )
+    cache = FeatureCache(config.cache_items, config.cache_dir)
+    pipeline = Pipeline(config, clip, sam, head, cache, device)
+    if config.weights == "random":
+        logger.warning(
+            "pipeline %r runs RANDOM backbone weights (seed %d)", config.preset, config.seed
+        )
+    logger.info("pipeline ready: %s", {k: v for k, v in pipeline.info().items() if k != "config"})
+    return pipeline
+
+
+def fresh_head(config: PipelineConfig, clip: ClipBackbone, seed: int) -> AnomalyHead:
+    """A new head of ``config.head`` kind for ``clip``, initialised from ``seed``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_head(
+            config.head,
+            clip.backbone_id,
+            in_dim=clip.width,
+            dim=clip.embed_dim,
+            stages=len(clip.config.layers),
+            grid=clip.grid,
+        )
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _resize_map(amap: Tensor, shape: tuple[int, ...]) -> np.ndarray:
+    """A (S, S) map → (H, W) float32 numpy in [0, 1], bilinear (method spec §3.1)."""
+    height, width = int(shape[0]), int(shape[1])
+    resized = F.interpolate(amap[None, None].float(), size=(height, width), mode="bilinear")
+    return resized[0, 0].clamp_(0.0, 1.0).cpu().numpy()
+
+
+def _region(mask: np.ndarray, final: np.ndarray) -> Region:
+    ys, xs = np.nonzero(mask)
+    bbox = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+    return Region(mask=mask, bbox=bbox, score=float(final[mask].mean()))
+
+
+def _chunks(items: list[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
+    for start in range(0, len(items), max(1, size)):
+        yield items[start : start + size]

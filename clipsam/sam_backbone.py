@@ -1,0 +1,174 @@
+"""The frozen SAM stage: build segment-anything by size, embed images, decode batched prompts.
+
+We call SAM's modules directly instead of ``SamPredictor`` so that one decoder call serves all
+prompts of a level, and the image embedding can come from our feature cache.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+import torch
+from segment_anything.modeling import (
+    ImageEncoderViT,
+    MaskDecoder,
+    PromptEncoder,
+    Sam,
+    TwoWayTransformer,
+)
+from segment_anything.utils.transforms import ResizeLongestSide
+from torch import Tensor
+
+from clipsam.config import SamConfig
+from clipsam.weights import WeightSource
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SamArch:
+    embed_dim: int
+    depth: int
+    heads: int
+    global_attn: tuple[int, ...]
+    img_size: int = 1024
+
+
+#: segment-anything's three released sizes, and a tiny one for tests (same modules, random).
+SAM_ARCHS: dict[str, SamArch] = {
+    "vit_h": SamArch(1280, 32, 16, (7, 15, 23, 31)),
+    "vit_l": SamArch(1024, 24, 16, (5, 11, 17, 23)),
+    "vit_b": SamArch(768, 12, 12, (2, 5, 8, 11)),
+    "tiny": SamArch(64, 2, 2, (1,), img_size=256),
+}
+
+
+def build_sam_model(arch: SamArch) -> Sam:
+    """segment-anything's ``_build_sam`` with the input size as a parameter; random weights."""
+    prompt_dim, patch = 256, 16
+    grid = arch.img_size // patch
+    return Sam(
+        image_encoder=ImageEncoderViT(
+            depth=arch.depth,
+            embed_dim=arch.embed_dim,
+            img_size=arch.img_size,
+            mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=arch.heads,
+            patch_size=patch,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=arch.global_attn,
+            window_size=14,
+            out_chans=prompt_dim,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=prompt_dim,
+            image_embedding_size=(grid, grid),
+            input_image_size=(arch.img_size, arch.img_size),
+            mask_in_chans=16,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(
+                depth=2, embedding_dim=prompt_dim, mlp_dim=2048, num_heads=8
+            ),
+            transformer_dim=prompt_dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=256,
+        ),
+        pixel_mean=[123.675, 116.28, 103.53],
+        pixel_std=[58.395, 57.12, 57.375],
+    ).eval()
+
+
+class SamBackbone:
+    """Image embeddings (batched) and prompt decoding (batched over prompts) for one SAM."""
+
+    def __init__(self, sam: Sam, backbone_id: str) -> None:
+        self.sam = sam.eval().requires_grad_(False)
+        self.backbone_id = backbone_id
+        self.img_size = int(sam.image_encoder.img_size)
+        self.transform = ResizeLongestSide(self.img_size)
+
+    @property
+    def device(self) -> torch.device:
+        return self.sam.pixel_mean.device
+
+    def input_size(self, original: tuple[int, int]) -> tuple[int, int]:
+        """(h, w) of an image of ``original`` (H, W) after resizing its longest side."""
+        return ResizeLongestSide.get_preprocess_shape(original[0], original[1], self.img_size)
+
+    @torch.inference_mode()
+    def embed(self, images: list[np.ndarray]) -> Tensor:
+        """Image embeddings (B, 256, g, g) for RGB uint8 arrays of any sizes."""
+        batch = []
+        for image in images:
+            resized = torch.as_tensor(self.transform.apply_image(image), device=self.device)
+            batch.append(self.sam.preprocess(resized.permute(2, 0, 1).float()))
+        return self.sam.image_encoder(torch.stack(batch))
+
+    @torch.inference_mode()
+    def decode(
+        self,
+        embedding: Tensor,
+        original: tuple[int, int],
+        points: np.ndarray | None = None,
+        boxes: np.ndarray | None = None,
+        multimask: bool = False,
+    ) -> tuple[Tensor, Tensor]:
+        """One decoder call for K prompts → (masks (K, H, W) bool, predicted IoU (K,)).
+
+        ``points`` (K, P, 2) are positive XY points; ``boxes`` (K, 4) XYXY, both in original
+        pixels. With ``multimask`` the highest-IoU of SAM's three masks is kept per prompt.
+        """
+        point_arg = None
+        if points is not None:
+            coords = torch.as_tensor(
+                self.transform.apply_coords(points.astype(np.float32), original),
+                dtype=torch.float32,
+                device=self.device,
+            )
+            labels = torch.ones(coords.shape[:2], dtype=torch.int, device=self.device)
+            point_arg = (coords, labels)
+        box_arg = None
+        if boxes is not None:
+            box_arg = torch.as_tensor(
+                self.transform.apply_boxes(boxes.astype(np.float32), original),
+                dtype=torch.float32,
+                device=self.device,
+            )
+        sparse, dense = self.sam.prompt_encoder(points=point_arg, boxes=box_arg, masks=None)
+        low_res, iou = self.sam.mask_decoder(
+            image_embeddings=embedding.to(self.device),
+            image_pe=self.sam.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask,
+        )
+        best = iou.argmax(dim=1)
+        rows = torch.arange(len(best), device=best.device)
+        low_res, iou = low_res[rows, best][:, None], iou[rows, best]
+        masks = self.sam.postprocess_masks(low_res, self.input_size(original), original)
+        return masks[:, 0] > self.sam.mask_threshold, iou.float()
+
+
+def build_sam(config: SamConfig, weights: WeightSource, seed: int) -> SamBackbone:
+    """Build SAM of ``config.sam_model`` size; load ``weights`` or seed randomly."""
+    try:
+        arch = SAM_ARCHS[config.sam_model]
+    except KeyError:
+        raise ValueError(
+            f"unknown SAM model {config.sam_model!r}; choose one of: {', '.join(SAM_ARCHS)}"
+        ) from None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        sam = build_sam_model(arch)
+    if weights.file is not None:
+        logger.info("loading SAM weights from %s", weights.file)
+        state_dict = torch.load(str(weights.file), map_location="cpu", weights_only=True)
+        sam.load_state_dict(state_dict, strict=True)
+    return SamBackbone(sam, f"sam-{config.sam_model}/{weights.name}")

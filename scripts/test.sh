@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Install everything into .venv and run the checks: lint, format, types, tests.
+# Usage: bash scripts/test.sh [pytest args]   (e.g. -m "not slow" for a quick run)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -r requirements-dev.txt
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy
+.venv/bin/python -m pytest "$@"

@@ -1,0 +1,1 @@
+"""Training UMCI on cached frozen features: the loop, its losses, and the command line."""

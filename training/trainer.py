@@ -1,0 +1,206 @@
+"""The UMCI training loop, on cached frozen CLIP features (method spec §5).
+
+CLIP never changes, so each image goes through the backbone once (``prepare_samples``) and every
+epoch after that costs only the head. Batches hold one category each, because the text
+features T that the head attends to are per category. The published 2×2 mosaic augmentation
+needs a backbone forward per mosaic, so it does not apply to cached training and is left out.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm import tqdm
+
+from clipsam import metrics
+from clipsam.heads import AnomalyHead, stage_probabilities
+from clipsam.images import image_hash
+from clipsam.pipeline import Pipeline
+from training.losses import stage_loss
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimiser and loop settings; defaults follow the method spec (Adam 1e-3, β 0.5/0.999)."""
+
+    epochs: int = 5
+    batch_size: int = 8
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.5, 0.999)
+    focal_gamma: float = 2.0
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+
+
+@dataclass
+class TrainingSample:
+    """Cached CLIP features of one image and its mask squashed to the CLIP input size."""
+
+    features: dict[str, Tensor]
+    mask: Tensor  # float (S, S) in {0, 1}
+    category: str
+
+
+@dataclass
+class TrainResult:
+    head: AnomalyHead
+    losses: list[float]  # mean training loss per epoch
+    metrics: dict[str, float] = field(default_factory=dict)  # held-out, mean over classes
+    per_class: dict[str, dict[str, float]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def prepare_samples(
+    pipeline: Pipeline,
+    images: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    categories: Sequence[str],
+    progress: bool = True,
+) -> list[TrainingSample]:
+    """Run (or fetch from cache) CLIP once per image; squash masks like the images."""
+    size = pipeline.clip.config.image_size
+    batch = pipeline.config.batch_size
+    samples: list[TrainingSample] = []
+    starts = range(0, len(images), batch)
+    for start in tqdm(starts, desc="CLIP features", unit="batch", disable=not progress):
+        chunk = list(images[start : start + batch])
+        features = pipeline.clip_features(chunk, [image_hash(img) for img in chunk])
+        for offset, feats in enumerate(features):
+            mask = torch.as_tensor(np.asarray(masks[start + offset], dtype=np.float32))
+            squashed = F.interpolate(mask[None, None], size=(size, size), mode="bilinear")[0, 0]
+            samples.append(
+                TrainingSample(feats, (squashed > 0.5).float(), categories[start + offset])
+            )
+    return samples
+
+
+def split_holdout(
+    samples: Sequence[TrainingSample], fraction: float, seed: int = 0
+) -> tuple[list[TrainingSample], list[TrainingSample]]:
+    """Deterministic train/held-out split, stratified by category and defective-or-good."""
+    rng = np.random.default_rng(seed)
+    groups: dict[tuple[str, bool], list[int]] = {}
+    for index, sample in enumerate(samples):
+        groups.setdefault((sample.category, bool(sample.mask.any())), []).append(index)
+    held: set[int] = set()
+    for indices in groups.values():
+        count = math.floor(len(indices) * fraction + 0.5) if fraction > 0 else 0
+        held.update(rng.permutation(indices)[:count].tolist())
+    train = [s for i, s in enumerate(samples) if i not in held]
+    return train, [s for i, s in enumerate(samples) if i in held]
+
+
+def train_head(
+    pipeline: Pipeline,
+    train: Sequence[TrainingSample],
+    held_out: Sequence[TrainingSample] = (),
+    config: TrainConfig | None = None,
+    init_head: AnomalyHead | None = None,
+) -> TrainResult:
+    """Train a head (a copy of ``init_head``, or a fresh one) and score it on ``held_out``."""
+    config = config or TrainConfig()
+    if not train:
+        raise ValueError("no training samples")
+    started = time.perf_counter()
+    device = _device(config.device)
+    torch.manual_seed(config.seed)
+    head = copy.deepcopy(init_head) if init_head is not None else pipeline.new_head(config.seed)
+    if not any(True for _ in head.parameters()):
+        raise ValueError(f"the {head.kind!r} head has no trainable parameters")
+    head = head.to(device).train().requires_grad_(True)
+    texts = _text_features(pipeline, {s.category for s in train}, device)
+    optimiser = torch.optim.Adam(head.parameters(), lr=config.lr, betas=config.betas)
+    generator = torch.Generator().manual_seed(config.seed)
+    size = pipeline.clip.config.image_size
+    losses: list[float] = []
+    epochs = tqdm(range(config.epochs), desc="training", unit="epoch", disable=not config.progress)
+    for _ in epochs:
+        total, count = 0.0, 0
+        for batch in _batches(train, config.batch_size, generator):
+            features = _stack_features(batch, device)
+            target = torch.stack([s.mask for s in batch]).to(device)
+            logits = head(features, texts[batch[0].category])
+            loss = stage_loss(stage_probabilities(logits, size), target, config.focal_gamma)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            total, count = total + loss.item() * len(batch), count + len(batch)
+        losses.append(total / count)
+        epochs.set_postfix(loss=f"{losses[-1]:.4f}")
+    head = head.eval().requires_grad_(False).cpu()
+    result = TrainResult(head=head, losses=losses)
+    if held_out:
+        result.per_class = evaluate_head(pipeline, head, held_out)
+        result.metrics = result.per_class["mean"]
+    result.seconds = time.perf_counter() - started
+    logger.info(
+        "trained %s head: %d samples, %d epochs, %.1f s, final loss %.4f, held-out %s",
+        head.kind, len(train), config.epochs, result.seconds, losses[-1], result.metrics,
+    )  # fmt: skip
+    return result
+
+
+@torch.inference_mode()
+def evaluate_head(
+    pipeline: Pipeline, head: AnomalyHead, samples: Sequence[TrainingSample]
+) -> dict[str, dict[str, float]]:
+    """All eight metrics per class on coarse maps at the CLIP input size, plus their mean."""
+    head = head.to(pipeline.device).eval()
+    per_class: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    for category, group in _by_category(samples).items():
+        text = pipeline.clip.text_features(category).to(pipeline.device)
+        maps, scores = [], []
+        for start in range(0, len(group), pipeline.config.batch_size):
+            chunk = group[start : start + pipeline.config.batch_size]
+            amaps = pipeline.coarse_maps([s.features for s in chunk], head, text).cpu()
+            maps.append(amaps)
+            scores.append(amaps.flatten(1).max(dim=1).values)
+        masks = torch.stack([s.mask for s in group]).bool().numpy()
+        per_class[category] = (torch.cat(maps).numpy(), masks, torch.cat(scores).numpy(), None)
+    return metrics.evaluate_per_class(per_class)
+
+
+def _text_features(pipeline: Pipeline, categories: set[str], device: torch.device) -> dict:
+    return {c: pipeline.clip.text_features(c).to(device).float() for c in categories}
+
+
+def _stack_features(batch: Sequence[TrainingSample], device: torch.device) -> dict[str, Tensor]:
+    names = batch[0].features.keys()
+    return {n: torch.stack([s.features[n] for s in batch]).to(device).float() for n in names}
+
+
+def _by_category(samples: Sequence[TrainingSample]) -> dict[str, list[TrainingSample]]:
+    groups: dict[str, list[TrainingSample]] = {}
+    for sample in samples:
+        groups.setdefault(sample.category, []).append(sample)
+    return groups
+
+
+def _batches(
+    samples: Sequence[TrainingSample], size: int, generator: torch.Generator
+) -> list[list[TrainingSample]]:
+    """Shuffled single-category batches, in shuffled order."""
+    batches = []
+    for group in _by_category(samples).values():
+        order = torch.randperm(len(group), generator=generator).tolist()
+        batches += [[group[i] for i in order[s : s + size]] for s in range(0, len(order), size)]
+    order = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in order]
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
