@@ -12,8 +12,9 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from clipsam.pipeline import Pipeline
 from training.losses import stage_loss
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -64,25 +66,26 @@ class TrainResult:
 
 def prepare_samples(
     pipeline: Pipeline,
-    images: Sequence[np.ndarray],
-    masks: Sequence[np.ndarray],
-    categories: Sequence[str],
+    items: Iterable[tuple[np.ndarray, np.ndarray, str]],
+    total: int | None = None,
     progress: bool = True,
 ) -> list[TrainingSample]:
-    """Run (or fetch from cache) CLIP once per image; squash masks like the images."""
+    """Run (or fetch from cache) CLIP once per ``(image, mask, category)``; squash the masks.
+
+    Items are consumed a batch at a time, so a large dataset never sits in memory as images.
+    """
     size = pipeline.clip.config.image_size
-    batch = pipeline.config.batch_size
     samples: list[TrainingSample] = []
-    starts = range(0, len(images), batch)
-    for start in tqdm(starts, desc="CLIP features", unit="batch", disable=not progress):
-        chunk = list(images[start : start + batch])
-        features = pipeline.clip_features(chunk, [image_hash(img) for img in chunk])
-        for offset, feats in enumerate(features):
-            mask = torch.as_tensor(np.asarray(masks[start + offset], dtype=np.float32))
-            squashed = F.interpolate(mask[None, None], size=(size, size), mode="bilinear")[0, 0]
-            samples.append(
-                TrainingSample(feats, (squashed > 0.5).float(), categories[start + offset])
-            )
+    bar = tqdm(total=total, desc="CLIP features", unit="img", disable=not progress)
+    for chunk in _chunked(items, pipeline.config.batch_size):
+        images = [image for image, _, _ in chunk]
+        features = pipeline.clip_features(images, [image_hash(image) for image in images])
+        for feats, (_, mask, category) in zip(features, chunk, strict=True):
+            full = torch.as_tensor(np.asarray(mask, dtype=np.float32))[None, None]
+            squashed = F.interpolate(full, size=(size, size), mode="bilinear")[0, 0]
+            samples.append(TrainingSample(feats, (squashed > 0.5).float(), category))
+        bar.update(len(chunk))
+    bar.close()
     return samples
 
 
@@ -198,6 +201,17 @@ def _batches(
         batches += [[group[i] for i in order[s : s + size]] for s in range(0, len(order), size)]
     order = torch.randperm(len(batches), generator=generator).tolist()
     return [batches[i] for i in order]
+
+
+def _chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    chunk: list[T] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _device(name: str) -> torch.device:

@@ -1,0 +1,54 @@
+"""The frozen-feature cache: LRU bound, disk tier shared between instances, bad files dropped."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from clipsam.cache import FeatureCache
+
+
+def _entry(value: float) -> dict[str, torch.Tensor]:
+    return {"stages": torch.full((2, 3), value), "global": torch.full((4,), value)}
+
+
+def test_lru_evicts_the_least_recently_used():
+    cache = FeatureCache(max_items=2)
+    cache.put("bb", "a", _entry(1))
+    cache.put("bb", "b", _entry(2))
+    assert cache.get("bb", "a") is not None  # a is now the most recent
+    cache.put("bb", "c", _entry(3))
+    assert cache.get("bb", "b") is None and cache.get("bb", "a") is not None
+    assert cache.get("other-backbone", "a") is None  # keys are per backbone
+    assert len(cache) == 2
+
+
+def test_disk_tier_is_shared_and_survives_a_new_instance(tmp_path):
+    first = FeatureCache(max_items=1, disk_dir=tmp_path)
+    first.put("bb", "abcdef", _entry(7))
+    second = FeatureCache(max_items=1, disk_dir=tmp_path)
+    got = second.get("bb", "abcdef")
+    assert got is not None and torch.equal(got["stages"], _entry(7)["stages"])
+    assert second.get("another", "abcdef") is None
+
+
+def test_unreadable_disk_entries_are_dropped_not_fatal(tmp_path):
+    cache = FeatureCache(disk_dir=tmp_path)
+    cache.put("bb", "abcdef", _entry(1))
+    [path] = list(tmp_path.rglob("*.safetensors"))
+    path.write_bytes(b"garbage")
+    cache.clear_memory()
+    assert cache.get("bb", "abcdef") is None and not path.exists()
+
+
+def test_pipeline_with_disk_cache_skips_clip_in_a_new_process(make_tiny, tmp_path, rng):
+    from tests.helpers import count_backbone_calls
+
+    image = rng.integers(0, 256, (60, 60, 3), dtype=np.uint8)
+    first = make_tiny(cache_dir=str(tmp_path), tau=1.0)
+    expected = first.predict([image], "bottle")[0].anomaly_map
+    second = make_tiny(cache_dir=str(tmp_path), tau=1.0)  # as a second process would
+    calls = count_backbone_calls(second)
+    got = second.predict([image], "bottle")[0].anomaly_map
+    assert calls["clip_images"] == 0
+    np.testing.assert_array_equal(got, expected)

@@ -1,0 +1,103 @@
+"""Training UMCI on cached features: losses, determinism, the held-out gain, and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from clipsam.data import read_mvtec
+from clipsam.heads import load_head
+from training import train as train_cli
+from training.datasets import iter_labeled
+from training.losses import dice_loss, focal_loss
+from training.trainer import (
+    TrainConfig,
+    evaluate_head,
+    prepare_samples,
+    split_holdout,
+    train_head,
+)
+
+
+def test_losses_reward_the_right_map():
+    target = torch.zeros(2, 8, 8)
+    target[:, 2:5, 2:5] = 1
+    right = target * 0.95 + 0.02
+    wrong = 1 - right
+    assert focal_loss(right, target) < 0.01 < focal_loss(wrong, target)
+    assert dice_loss(right, target) < 0.1 < 0.9 < dice_loss(wrong, target)
+
+
+@pytest.fixture(scope="module")
+def prepared(tiny_pipeline, synthetic_root):
+    samples = read_mvtec(synthetic_root, split="test")
+    data = prepare_samples(tiny_pipeline, iter_labeled(samples), len(samples), progress=False)
+    defect = [s for s in data if s.mask.any()]
+    good = [s for s in data if not s.mask.any()]
+    return defect, good
+
+
+def test_held_out_split_is_stratified_and_deterministic(prepared):
+    defect, good = prepared
+    data = defect + good
+    train, held = split_holdout(data, 0.2, seed=0)
+    again, _ = split_holdout(data, 0.2, seed=0)
+    assert len(held) == 12 + 2 and len(train) == len(data) - 14
+    assert sum(bool(s.mask.any()) for s in held) == 12
+    assert [id(s) for s in train] == [id(s) for s in again]
+
+
+def test_training_is_deterministic_for_a_seed(tiny_pipeline, prepared):
+    defect, good = prepared
+    config = TrainConfig(epochs=1, progress=False, device="cpu")
+    first = train_head(tiny_pipeline, defect[:8] + good[:2], config=config)
+    second = train_head(tiny_pipeline, defect[:8] + good[:2], config=config)
+    for a, b in zip(
+        first.head.state_dict().values(), second.head.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b)
+    assert first.losses == second.losses
+
+
+@pytest.mark.slow
+def test_training_on_40_defect_images_raises_held_out_pixel_auroc(tiny_pipeline, prepared):
+    defect, good = prepared
+    train, held_out = defect[:40] + good[:5], defect[40:] + good[5:]
+    untrained = tiny_pipeline.new_head(seed=0)
+    before = evaluate_head(tiny_pipeline, untrained, held_out)["mean"]["pixel_auroc"]
+    config = TrainConfig(epochs=12, progress=False, device="cpu")
+    result = train_head(tiny_pipeline, train, held_out, config, init_head=untrained)
+    after = result.metrics["pixel_auroc"]
+    assert result.losses[-1] < result.losses[0]
+    assert after >= 0.75 and after - before >= 0.15, (before, after)
+    assert set(result.metrics) == {
+        "pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro", "aupro_aprilgan",
+        "image_auroc", "image_ap", "image_f1_max",
+    }  # fmt: skip
+
+
+def test_cli_trains_and_writes_a_loadable_head(tiny_pipeline, synthetic_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = train_cli.main(
+        [
+            "--data", f"mvtec:{synthetic_root}", "--preset", "tiny", "--out", str(out),
+            "--epochs", "1", "--quiet", "--device", "cpu", "--set", "scales=1,3",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["train_samples"] + summary["held_out_samples"] == 70
+    assert set(summary["metrics"]) == {"widget", "mean"}
+    head = load_head(out / "head.safetensors", tiny_pipeline.clip.backbone_id)
+    assert head.version == summary["version"] and head.options["scales"] == [1, 3]
+    assert "| widget |" in capsys.readouterr().out
+
+
+def test_cli_help_lists_the_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_cli.main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "--data" in text and "mvtec:PATH" in text and "--init-head" in text
