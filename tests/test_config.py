@@ -29,7 +29,7 @@ def test_overrides_find_their_section():
 
 
 def test_unknown_names_list_the_valid_ones():
-    with pytest.raises(ValueError, match="valid fields:.*tau"):
+    with pytest.raises(ValueError, match=r"valid fields:.*tau"):
         resolve_config("paper", tua=0.3)
     with pytest.raises(ValueError, match="available presets: paper, fast, tiny"):
         resolve_config("huge")

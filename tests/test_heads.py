@@ -103,7 +103,7 @@ def test_versions_follow_content(tmp_path):
 def test_head_for_another_backbone_is_rejected(tmp_path):
     head = build_head(HeadConfig(), "clipsam-tiny/random-seed0", 96, 64, 4, 16)
     save_head(head, tmp_path / "h.safetensors")
-    with pytest.raises(HeadMismatchError, match="clipsam-tiny/random-seed0.*ViT-L"):
+    with pytest.raises(HeadMismatchError, match=r"clipsam-tiny/random-seed0.*ViT-L"):
         load_head(tmp_path / "h.safetensors", backbone_id="ViT-L-14-336/openai/518px")
 
 

@@ -63,7 +63,7 @@ def test_unreachable_url_gives_the_hint(tmp_path, monkeypatch):
     missing = (tmp_path / "gone.pth").as_uri()
     monkeypatch.setitem(weights.SAM_CHECKPOINTS, "vit_b", (missing, "0" * 32))
     with pytest.raises(
-        WeightsNotFoundError, match="could not be downloaded.*CLIPSAM_SAM_CHECKPOINT"
+        WeightsNotFoundError, match=r"could not be downloaded.*CLIPSAM_SAM_CHECKPOINT"
     ):
         weights.sam_checkpoint_file("vit_b", WeightPaths(home=tmp_path / "home"))
 

@@ -105,12 +105,9 @@ def _parse_set(item: str) -> tuple[str, object]:
     key, sep, raw = item.partition("=")
     if not sep:
         raise SystemExit(f"--set expects FIELD=VALUE, got {item!r}")
-    value: object = raw
     if "," in raw:
-        value = tuple(_scalar(part) for part in raw.split(","))
-    else:
-        value = _scalar(raw)
-    return key, value
+        return key, tuple(_scalar(part) for part in raw.split(","))
+    return key, _scalar(raw)
 
 
 def _scalar(raw: str) -> object:
