@@ -71,6 +71,7 @@ def test_training_on_40_defect_images_raises_held_out_pixel_auroc(tiny_pipeline,
     result = train_head(tiny_pipeline, train, held_out, config, init_head=untrained)
     after = result.metrics["pixel_auroc"]
     assert result.losses[-1] < result.losses[0]
+    print(f"held-out pixel AUROC {before:.3f} -> {after:.3f}")
     assert after >= 0.75 and after - before >= 0.15, (before, after)
     assert set(result.metrics) == {
         "pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro", "aupro_aprilgan",
