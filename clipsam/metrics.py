@@ -194,7 +194,7 @@ def _pos_thresholds(neg: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, ...]:
     """
     values, counts = np.unique(pos, return_counts=True)
     tp = pos.size - np.concatenate(([0], np.cumsum(counts)[:-1]))
-    fp = neg.size - np.searchsorted(neg, values, side="left")
+    fp = neg.size - np.asarray(np.searchsorted(neg, values, side="left"))
     return counts, tp, fp
 
 
