@@ -73,7 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=5,
         metavar="K",
-        help="aim τ at about K components (3..8 accepted; top_k caps K at 8)",
+        help="pick τ so that about K components pass (1..8; top_k caps K at 8)",
     )
     parser.add_argument(
         "--text-cold",
@@ -90,6 +90,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    if not 1 <= args.components <= 8:
+        parser.error("--components must be between 1 and 8 (top_k caps K at 8)")
     if args.threads is not None and args.threads < 1:
         parser.error("--threads must be at least 1")
     return args
@@ -259,7 +261,7 @@ def resize_map(amap: torch.Tensor, shape: tuple[int, ...]) -> np.ndarray:
 
 # ---- choosing τ for a noise map -----------------------------------------------------------
 def choose_tau(amap: np.ndarray, mmr: MMRConfig, target: int) -> tuple[float, float, int]:
-    """The highest quantile of ``amap`` whose components number closest to ``target`` (3..8).
+    """The highest quantile of ``amap`` whose components number closest to ``target``.
 
     Returns (τ, quantile, components over the minimum area, before top_k).
     """
@@ -270,7 +272,7 @@ def choose_tau(amap: np.ndarray, mmr: MMRConfig, target: int) -> tuple[float, fl
     for quantile in TAU_QUANTILES:
         tau = float(np.quantile(amap, quantile))
         count = len(find_components(amap, dataclasses.replace(uncapped, tau=tau)))
-        distance = abs(count - target) + (0 if 3 <= count <= 8 else 100)
+        distance = abs(count - target) + (0 if 0 < count <= mmr.top_k else 100)
         if best is None or distance < best[0]:
             best = (distance, tau, float(quantile), count)
     assert best is not None
@@ -329,6 +331,8 @@ def run(args: argparse.Namespace) -> str:
     components = find_components(amap, mmr)
     points, boxes = prompts_for(components, (image.shape[0], image.shape[1]), mmr)
     k = len(components)
+    if k == 0:
+        raise SystemExit(f"no τ lets components through on this image (tried {quantile:.4%})")
     stock = StockLoop(pipeline, points, boxes)
     clean_config = dataclasses.replace(pipeline.config, mmr=dataclasses.replace(mmr, tau=1.0))
     heads = [pipeline.head, pipeline.new_head(seed=1)]
@@ -416,7 +420,10 @@ def run(args: argparse.Namespace) -> str:
     if not args.text_cold:
         text_cold.seconds = [cold.median + text_s]
         text_cold.calls = cold.calls
-        text_cold.derived = "derived: ours cold + the text-feature time above"
+        text_cold.derived = (
+            "derived: ours cold + the text-feature time above (a first call: one-time "
+            "overheads included; --text-cold times it)"
+        )
         sam_used[text_cold.name] = sam_used[cold.name]
 
     say()

@@ -50,11 +50,13 @@ class FeatureCache:
                 self._remember((namespace, key), entry)
         return entry
 
-    def put(self, namespace: str, key: str, entry: Entry) -> None:
+    def put(self, namespace: str, key: str, entry: Entry) -> Entry:
+        """Store ``entry`` (moved to the CPU); returns the stored copy."""
         entry = {name: t.detach().cpu().contiguous() for name, t in entry.items()}
         with self._lock:
             self._remember((namespace, key), entry)
         self._write_disk(namespace, key, entry)
+        return entry
 
     def clear_memory(self) -> None:
         with self._lock:

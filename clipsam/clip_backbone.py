@@ -8,6 +8,7 @@ a value-value attention side path for the training-free head, and SDPA attention
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import threading
 import zipfile
@@ -66,6 +67,7 @@ class ClipBackbone(nn.Module):
         self.embed_dim = int(visual.output_dim)
         self._text_cache: dict[tuple[str, tuple[str, ...]], Tensor] = {}
         self._text_lock = threading.Lock()
+        self._text_key_locks: dict[tuple[str, tuple[str, ...]], threading.Lock] = {}
 
     @property
     def visual(self) -> Any:
@@ -112,25 +114,63 @@ class ClipBackbone(nn.Module):
 
     @torch.inference_mode()
     def encode_text(self, sentences: Sequence[str]) -> Tensor:
-        """Normalised text embeddings (n, E)."""
+        """Normalised text embeddings (n, E).
+
+        With a causal text tower, tokens past the longest sentence's end never influence it, so
+        the batch is cut to that length (exact, and ~5× faster than the full 77 tokens).
+        """
         chunks = []
         for start in range(0, len(sentences), _TEXT_BATCH):
             tokens = self.tokenizer(list(sentences[start : start + _TEXT_BATCH])).to(self.device)
-            chunks.append(self.model.encode_text(tokens, normalize=True))
+            chunks.append(F.normalize(self._text_forward(tokens), dim=-1))
         return torch.cat(chunks)
 
-    def text_features(self, category: str | None, defect_words: Sequence[str] = ()) -> Tensor:
-        """T ∈ R^{2×E}: row 0 normal, row 1 abnormal; computed once per (category, words)."""
+    def _text_forward(self, tokens: Tensor) -> Tensor:
+        model = self.model
+        if getattr(model, "text_pool_type", None) != "argmax" or model.attn_mask is None:
+            return model.encode_text(tokens)  # other text towers: open_clip's own forward
+        length = int(tokens.argmax(dim=-1).max()) + 1  # EOT has the highest token id
+        tokens = tokens[:, :length]
+        x = model.token_embedding(tokens) + model.positional_embedding[:length]
+        x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:length, :length]))
+        pooled = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
+        return pooled @ model.text_projection
+
+    def text_features(
+        self, category: str | None, defect_words: Sequence[str] = (), store: Any = None
+    ) -> Tensor:
+        """T ∈ R^{2×E}: row 0 normal, row 1 abnormal; computed once per (category, words).
+
+        ``store`` (a :class:`~clipsam.cache.FeatureCache`) keeps them across processes too.
+        Only callers of the same key wait for each other while it is computed.
+        """
         key = (category_phrase(category), tuple(w.strip() for w in defect_words if w.strip()))
         with self._text_lock:
             cached = self._text_cache.get(key)
+            key_lock = self._text_key_locks.setdefault(key, threading.Lock())
+        if cached is not None:
+            return cached
+        with key_lock:
+            cached = self._text_cache.get(key)
             if cached is None:
-                normal, abnormal = prompt_sentences(*key)
-                rows = [self.encode_text(normal).mean(0), self.encode_text(abnormal).mean(0)]
-                cached = F.normalize(torch.stack(rows), dim=-1)
-                self._text_cache[key] = cached
-                logger.debug("text features for %r computed (%d sentences)", key, len(normal) * 2)
+                cached = self._load_or_compute_text(key, store)
+                with self._text_lock:
+                    self._text_cache[key] = cached
         return cached
+
+    def _load_or_compute_text(self, key: tuple[str, tuple[str, ...]], store: Any) -> Tensor:
+        namespace = f"text/{self.backbone_id}"
+        name = hashlib.blake2b(repr(key).encode(), digest_size=16).hexdigest()
+        entry = store.get(namespace, name) if store is not None else None
+        if entry is not None:
+            return entry["text"].to(self.device)
+        normal, abnormal = prompt_sentences(*key)
+        rows = [self.encode_text(normal).mean(0), self.encode_text(abnormal).mean(0)]
+        features = F.normalize(torch.stack(rows), dim=-1)
+        logger.info("text features for %r computed from %d sentences", key, len(normal) * 2)
+        if store is not None:
+            store.put(namespace, name, {"text": features})
+        return features
 
 
 def _block_forward(block: Any, x: Tensor, vv: Tensor | None) -> tuple[Tensor, Tensor | None]:

@@ -130,8 +130,7 @@ class Pipeline:
             dtype = getattr(torch, self.config.cache_dtype)
             for row, i in enumerate(missing):
                 entry = {name: t[row].to(dtype) for name, t in out.items()}
-                self.cache.put(namespace, hashes[i], entry)
-                found[i] = self.cache.get(namespace, hashes[i]) or entry
+                found[i] = self.cache.put(namespace, hashes[i], entry)
         return [entry for entry in found if entry is not None]
 
     def sam_embeddings(self, images: Sequence[np.ndarray], hashes: Sequence[str]) -> list[Tensor]:
@@ -144,8 +143,7 @@ class Pipeline:
             embeddings = self.sam.embed([images[i] for i in missing])
             self.stats.sam_forwards += 1
             for row, i in enumerate(missing):
-                found[i] = {"embedding": embeddings[row]}
-                self.cache.put(namespace, hashes[i], found[i])  # type: ignore[arg-type]
+                found[i] = self.cache.put(namespace, hashes[i], {"embedding": embeddings[row]})
         return [entry["embedding"][None] for entry in found if entry is not None]
 
     # ---- prediction ------------------------------------------------------------------
@@ -161,12 +159,16 @@ class Pipeline:
         )
         arrays = [load_image(image) for image in batch]
         head = self._head  # read once: a concurrent swap never mixes heads within a call
-        text = self.clip.text_features(category, defect_words).to(self.device)
+        text = self.text_features(category, defect_words)
         predictions: list[Prediction] = []
         for chunk in _chunks(arrays, self.config.batch_size):
             predictions += self._predict_chunk(chunk, head, text)
         self.stats.images += len(arrays)
         return predictions
+
+    def text_features(self, category: str | None, defect_words: Sequence[str] = ()) -> Tensor:
+        """The (2, E) text features of a category, cached in this process and the disk cache."""
+        return self.clip.text_features(category, defect_words, store=self.cache).to(self.device)
 
     def coarse_maps(self, features: list[dict], head: AnomalyHead, text: Tensor) -> Tensor:
         """A (B, S, S) at the CLIP input size, from cached features."""

@@ -165,3 +165,24 @@ def test_identical_backbone_in_every_process_by_seed(make_tiny):
         assert np.array_equal(x.numpy(), y.numpy()), name
     sam_a, sam_b = a.sam.sam.state_dict(), b.sam.sam.state_dict()
     assert all(np.array_equal(sam_a[k].numpy(), sam_b[k].numpy()) for k in sam_a)
+
+
+def test_truncated_text_forward_equals_open_clip(tiny_pipeline):
+    import torch
+
+    from clipsam.prompts import prompt_sentences
+
+    normal, abnormal = prompt_sentences("metal_nut", ["scratched"])
+    sentences = normal[:20] + abnormal[-20:]
+    clip = tiny_pipeline.clip
+    with torch.inference_mode():
+        reference = clip.model.encode_text(clip.tokenizer(sentences), normalize=True)
+    torch.testing.assert_close(clip.encode_text(sentences), reference, atol=1e-5, rtol=1e-5)
+
+
+def test_text_features_persist_in_the_disk_cache(make_tiny, tmp_path):
+    first = make_tiny(cache_dir=str(tmp_path))
+    expected = first.text_features("capsule")
+    second = make_tiny(cache_dir=str(tmp_path))
+    second.clip.encode_text = None  # would fail if called: the disk cache must answer
+    np.testing.assert_array_equal(second.text_features("capsule").numpy(), expected.numpy())

@@ -163,7 +163,7 @@ def evaluate_head(
     head = head.to(pipeline.device).eval()
     per_class: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for category, group in _by_category(samples).items():
-        text = pipeline.clip.text_features(category).to(pipeline.device)
+        text = pipeline.text_features(category).to(pipeline.device)
         maps, scores = [], []
         for start in range(0, len(group), pipeline.config.batch_size):
             chunk = group[start : start + pipeline.config.batch_size]
@@ -176,7 +176,7 @@ def evaluate_head(
 
 
 def _text_features(pipeline: Pipeline, categories: set[str], device: torch.device) -> dict:
-    return {c: pipeline.clip.text_features(c).to(device).float() for c in categories}
+    return {c: pipeline.text_features(c).to(device).float() for c in categories}
 
 
 def _stack_features(batch: Sequence[TrainingSample], device: torch.device) -> dict[str, Tensor]:

@@ -1,0 +1,1 @@
+"""Label Studio ML backend serving ClipSAM pre-annotations (speaks the protocol itself)."""

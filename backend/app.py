@@ -1,0 +1,178 @@
+"""The HTTP surface Label Studio talks to: /health, /setup, /predict, /webhook, /versions.
+
+``create_app`` builds one FastAPI app per process; the model loads in the background at start-up
+(never per request), so /health and /setup answer at once while it loads.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import anyio
+from fastapi import Depends, FastAPI, HTTPException, Request, status
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from pydantic import BaseModel, ConfigDict, Field
+
+from backend.events import EventLog
+from backend.fetch import ImageFetcher
+from backend.label_config import LabelConfigError, LabelSpec, parse_label_config
+from backend.model import ModelNotReady, ModelService
+from backend.predictor import TaskPredictor
+from backend.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+#: Webhook actions this backend keeps (corrections and training requests); others get a 200.
+STORED_ACTIONS = frozenset(
+    {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED", "ANNOTATIONS_DELETED",
+     "START_TRAINING"}
+)  # fmt: skip
+
+
+class SetupRequest(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    project: str | None = None
+    label_schema: str | None = Field(default=None, alias="schema")
+    hostname: str | None = None
+    access_token: str | None = None
+    extra_params: Any = None
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    tasks: list[dict[str, Any]] = Field(min_length=1)
+    project: str | None = None
+    label_config: str | None = None
+    params: dict[str, Any] | None = None
+
+
+class WebhookEvent(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    action: str
+
+
+def create_app(settings: Settings | None = None, model: ModelService | None = None) -> FastAPI:
+    settings = settings or Settings.from_env()
+    model = model or ModelService(settings)
+    fetcher = ImageFetcher(settings)
+    predictor = TaskPredictor(settings, model, fetcher)
+    events = EventLog(settings.model_dir)
+    project_configs: dict[str, str] = {}
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]
+        anyio.to_thread.current_default_thread_limiter().total_tokens = max(2, settings.threads)
+        model.start()
+        yield
+        predictor.close()
+        fetcher.close()
+
+    app = FastAPI(title="ClipSAM ML backend", version="1.0", lifespan=lifespan)
+    app.state.settings, app.state.model, app.state.events = settings, model, events
+    basic = HTTPBasic(auto_error=False)
+
+    def require_auth(credentials: Annotated[HTTPBasicCredentials | None, Depends(basic)]) -> None:
+        if settings.auth_enabled and not _basic_ok(settings, credentials):
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED,
+                "basic auth required",
+                headers={"WWW-Authenticate": 'Basic realm="clipsam"'},
+            )
+
+    def require_webhook_auth(
+        request: Request, credentials: Annotated[HTTPBasicCredentials | None, Depends(basic)]
+    ) -> None:
+        if settings.webhook_secret and _secret_ok(settings.webhook_secret, request):
+            return
+        require_auth(credentials)
+
+    @app.middleware("http")
+    async def limit_body_size(request: Request, call_next):  # type: ignore[no-untyped-def]
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > settings.max_request_bytes:
+            return JSONResponse(
+                {"detail": f"request body over {settings.max_request_bytes} bytes"}, status_code=413
+            )
+        return await call_next(request)
+
+    @app.get("/")
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        body = {
+            "status": "UP",
+            "model_class": "ClipSAM",
+            "model_version": model.model_version,
+            "ready": model.ready,
+        }
+        if model.error:
+            body["error"] = model.error
+        return body
+
+    @app.post("/setup", dependencies=[Depends(require_auth)])
+    def setup(request: SetupRequest) -> dict[str, str]:
+        if request.label_schema:
+            _spec(request.label_schema, settings)  # refuse unusable configs when connecting
+            if request.project:
+                project_configs[_project_id(request.project)] = request.label_schema
+        return {"model_version": model.model_version}
+
+    @app.post("/predict", dependencies=[Depends(require_auth)])
+    def predict(request: PredictRequest) -> dict[str, Any]:
+        config = request.label_config or project_configs.get(_project_id(request.project or ""))
+        if not config:
+            raise HTTPException(422, "no label_config in the request and none from /setup")
+        spec = _spec(config, settings)
+        try:
+            results = predictor.predict(request.tasks, spec)
+        except ModelNotReady as exc:
+            raise HTTPException(503, str(exc), headers={"Retry-After": "10"}) from exc
+        return {"results": results}
+
+    @app.post("/webhook", dependencies=[Depends(require_webhook_auth)])
+    def webhook(event: WebhookEvent) -> dict[str, str]:
+        if event.action not in STORED_ACTIONS:
+            logger.debug("webhook %s ignored", event.action)
+            return {"status": "ignored"}
+        events.record(event.action, event.model_dump(mode="json"))
+        return {"status": "ok"}
+
+    @app.get("/versions", dependencies=[Depends(require_auth)])
+    def versions() -> dict[str, list[str]]:
+        return {"versions": [model.model_version]}
+
+    return app
+
+
+def _spec(config: str, settings: Settings) -> LabelSpec:
+    try:
+        return parse_label_config(config, settings.defect_label)
+    except LabelConfigError as exc:
+        raise HTTPException(422, str(exc)) from exc
+
+
+def _project_id(project: str) -> str:
+    """Label Studio sends ``"<id>.<created timestamp>"``; the id is what stays stable."""
+    return project.split(".", 1)[0]
+
+
+def _basic_ok(settings: Settings, credentials: HTTPBasicCredentials | None) -> bool:
+    if credentials is None:
+        return False
+    user_ok = secrets.compare_digest(credentials.username, settings.basic_auth_user or "")
+    pass_ok = secrets.compare_digest(credentials.password, settings.basic_auth_pass or "")
+    return user_ok and pass_ok
+
+
+def _secret_ok(secret: str, request: Request) -> bool:
+    """The webhook secret, in ``X-Webhook-Secret``, ``Authorization: Bearer`` or ``?secret=``."""
+    auth = request.headers.get("authorization", "")
+    candidates = [
+        request.headers.get("x-webhook-secret", ""),
+        auth[7:] if auth.lower().startswith("bearer ") else "",
+        request.query_params.get("secret", ""),
+    ]
+    return any(c and secrets.compare_digest(c, secret) for c in candidates)

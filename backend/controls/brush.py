@@ -1,0 +1,19 @@
+"""BrushLabels: one RLE brush item per region (label-studio-sdk's own encoder)."""
+
+from __future__ import annotations
+
+import numpy as np
+from label_studio_sdk.converter.brush import mask2rle
+
+from backend.controls.common import region_item
+from backend.label_config import ControlSpec
+from clipsam import Prediction
+
+
+def brush_items(prediction: Prediction, control: ControlSpec, _threshold: float) -> list[dict]:
+    items = []
+    for index, region in enumerate(prediction.regions):
+        rle = mask2rle(region.mask.astype(np.uint8) * 255)
+        value = {"format": "rle", "rle": [int(v) for v in rle], "brushlabels": [control.label]}
+        items.append(region_item(prediction, control, "brushlabels", index, value, region.score))
+    return items

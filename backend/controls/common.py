@@ -1,0 +1,26 @@
+"""Fields every region item shares."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from backend.label_config import ControlSpec
+from clipsam import Prediction
+
+
+def region_item(
+    prediction: Prediction, control: ControlSpec, kind: str, index: int, value: dict[str, Any],
+    score: float,
+) -> dict[str, Any]:  # fmt: skip
+    height, width = prediction.anomaly_map.shape
+    return {
+        "id": f"{control.from_name}-{index}",
+        "from_name": control.from_name,
+        "to_name": control.to_name,
+        "type": kind,
+        "original_width": int(width),
+        "original_height": int(height),
+        "image_rotation": 0,
+        "value": value,
+        "score": round(float(score), 4),
+    }

@@ -1,0 +1,38 @@
+"""PolygonLabels: the outer contours of each region, simplified, in percent."""
+
+from __future__ import annotations
+
+import numpy as np
+from skimage import measure
+
+from backend.controls.common import region_item
+from backend.label_config import ControlSpec
+from clipsam import Prediction
+
+#: Max distance (pixels) between a contour and its simplified polygon.
+TOLERANCE = 1.0
+
+
+def polygon_items(prediction: Prediction, control: ControlSpec, _threshold: float) -> list[dict]:
+    height, width = prediction.anomaly_map.shape
+    items = []
+    for region in prediction.regions:
+        for contour in _outer_contours(region.mask):
+            points = [[100.0 * x / width, 100.0 * y / height] for y, x in contour]
+            value = {"points": points, "closed": True, "polygonlabels": [control.label]}
+            index = len(items)
+            items.append(
+                region_item(prediction, control, "polygonlabels", index, value, region.score)
+            )
+    return items
+
+
+def _outer_contours(mask: np.ndarray) -> list[np.ndarray]:
+    """Contours of each connected blob, as (row, col) vertices around the pixels' outer edges."""
+    padded = np.pad(mask, 1).astype(np.float32)
+    contours = []
+    for contour in measure.find_contours(padded, 0.5):
+        simplified = measure.approximate_polygon(contour, TOLERANCE)[:-1]  # drop the repeated end
+        if len(simplified) >= 3:
+            contours.append(np.clip(simplified - 0.5, 0, None))  # undo the pad; pixel edges
+    return contours

@@ -1,0 +1,26 @@
+"""RectangleLabels: each region's bounding box, in percent."""
+
+from __future__ import annotations
+
+from backend.controls.common import region_item
+from backend.label_config import ControlSpec
+from clipsam import Prediction
+
+
+def rectangle_items(prediction: Prediction, control: ControlSpec, _threshold: float) -> list[dict]:
+    height, width = prediction.anomaly_map.shape
+    items = []
+    for index, region in enumerate(prediction.regions):
+        x0, y0, x1, y1 = region.bbox
+        value = {
+            "x": 100.0 * x0 / width,
+            "y": 100.0 * y0 / height,
+            "width": 100.0 * (x1 - x0) / width,
+            "height": 100.0 * (y1 - y0) / height,
+            "rotation": 0,
+            "rectanglelabels": [control.label],
+        }
+        items.append(
+            region_item(prediction, control, "rectanglelabels", index, value, region.score)
+        )
+    return items

@@ -1,0 +1,112 @@
+"""Reading a project's label config: which image to fetch and which controls to fill.
+
+Names (``from_name``, ``to_name``, the task data key, label values) always come from the config,
+parsed with label-studio-sdk's ``LabelInterface``; nothing here is hard-coded to a template.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+from label_studio_sdk.label_interface import LabelInterface
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_CONTROLS = ("BrushLabels", "PolygonLabels", "RectangleLabels", "Choices")
+
+#: Choice values that mean "this image has a defect" / "this image is fine" (lower case).
+DEFECTIVE_WORDS = ("defective", "defect", "anomaly", "anomalous", "abnormal", "bad", "ng",
+                   "damaged", "faulty", "fail", "reject", "yes")  # fmt: skip
+GOOD_WORDS = ("good", "normal", "ok", "okay", "pass", "no defect", "flawless", "accept", "no")
+
+
+class LabelConfigError(ValueError):
+    """The label config cannot be served: no Image tag, or no control this backend fills."""
+
+
+@dataclass(frozen=True)
+class ControlSpec:
+    """One control to fill: its kind, names, and the value(s) this backend writes into it."""
+
+    kind: str  # one of SUPPORTED_CONTROLS
+    from_name: str
+    to_name: str
+    label: str = ""  # the defect label (labels controls)
+    defective: str = ""  # the choice for a defective image (Choices)
+    good: str = ""  # the choice for a good image (Choices)
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    image_name: str
+    data_key: str  # task["data"][data_key] holds the image reference
+    controls: tuple[ControlSpec, ...]
+
+
+@lru_cache(maxsize=64)
+def parse_label_config(config: str, defect_label: str | None = None) -> LabelSpec:
+    """The serving plan for a label config; :class:`LabelConfigError` says what is missing."""
+    try:
+        interface = LabelInterface(config)
+    except Exception as exc:  # the SDK raises several XML and schema error types
+        raise LabelConfigError(f"label config is not valid XML: {exc}") from exc
+    images = {tag.name: tag for tag in interface.objects if tag.tag == "Image"}
+    if not images:
+        raise LabelConfigError("label config has no <Image> tag; this backend labels images")
+    controls = []
+    for control in interface.controls:
+        targets = [name for name in control.to_name if name in images]
+        if control.tag not in SUPPORTED_CONTROLS or not targets:
+            continue
+        spec = _control_spec(control.tag, control.name, targets[0], list(control.labels or []),
+                             defect_label)  # fmt: skip
+        if spec is not None:
+            controls.append(spec)
+    if not controls:
+        raise LabelConfigError(
+            "label config has no control this backend can fill on an <Image>; "
+            f"supported: {', '.join(SUPPORTED_CONTROLS)}"
+        )
+    image_name = controls[0].to_name
+    data_key = images[image_name].value_name
+    if not data_key:
+        raise LabelConfigError(f'<Image name="{image_name}"> has no value="$key"')
+    return LabelSpec(image_name=image_name, data_key=data_key, controls=tuple(controls))
+
+
+def _control_spec(
+    kind: str, from_name: str, to_name: str, values: list[str], defect_label: str | None
+) -> ControlSpec | None:
+    if kind == "Choices":
+        defective, good = _match_choice(values, DEFECTIVE_WORDS), _match_choice(values, GOOD_WORDS)
+        if not defective:
+            logger.warning(
+                "Choices %r has no value meaning 'defective' among %s; it is left empty",
+                from_name, values,
+            )  # fmt: skip
+            return None
+        return ControlSpec(kind, from_name, to_name, defective=defective, good=good)
+    if not values:
+        logger.warning("%s %r has no labels; it is left empty", kind, from_name)
+        return None
+    label = values[0]
+    if defect_label:
+        if defect_label not in values:
+            raise LabelConfigError(
+                f"CLIPSAM_DEFECT_LABEL={defect_label!r} is not a label of {kind} {from_name!r}; "
+                f"its labels are: {', '.join(values)}"
+            )
+        label = defect_label
+    return ControlSpec(kind, from_name, to_name, label=label)
+
+
+def _match_choice(values: list[str], words: tuple[str, ...]) -> str:
+    """The first config value whose normalised text is one of ``words`` (in ``words`` order)."""
+    normalised = {re.sub(r"[\s_-]+", " ", v).strip().lower(): v for v in values}
+    for word in words:
+        if word in normalised:
+            return normalised[word]
+    return ""

@@ -1,0 +1,99 @@
+"""Service settings, read from the environment once, at start-up.
+
+Names follow label-studio-ml 2.x (``LABEL_STUDIO_URL``, ``BASIC_AUTH_USER``, ``MODEL_DIR``,
+``PORT``...) so existing deployments carry over; ClipSAM's own knobs start with ``CLIPSAM_``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 9090
+    workers: int = 1
+    threads: int = 4
+    log_level: str = "INFO"
+    model_dir: Path = Path("model_dir")
+    label_studio_url: str | None = None
+    label_studio_api_key: str | None = None
+    basic_auth_user: str | None = None
+    basic_auth_pass: str | None = None
+    #: Lets Label Studio's auto-created webhook in without basic-auth credentials.
+    webhook_secret: str | None = None
+    preset: str = "fast"
+    device: str = "auto"
+    #: The head file to serve (``CLIPSAM_HEAD``); the training-free head when unset.
+    head_path: Path | None = None
+    default_category: str | None = None
+    category_key: str = "category"
+    #: The config label that means "defect"; the first label of each control when unset.
+    defect_label: str | None = None
+    verdict_threshold: float = 0.5
+    local_files_root: Path | None = None
+    #: Hosts or CIDRs that image URLs may point at even when private (comma-separated).
+    allowed_hosts: tuple[str, ...] = ()
+    max_image_bytes: int = 50 * 1024 * 1024
+    max_image_pixels: int = 64_000_000
+    fetch_timeout: float = 20.0
+    max_request_bytes: int = 32 * 1024 * 1024
+    #: How long /predict waits for a model that is still loading before answering 503.
+    model_wait_seconds: float = 60.0
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.basic_auth_user and self.basic_auth_pass)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+
+        def text(name: str) -> str | None:
+            value = env.get(name, "").strip()
+            return value or None
+
+        def number(name: str, default: float, cast: type = int):  # type: ignore[no-untyped-def]
+            raw = text(name)
+            if raw is None:
+                return default
+            try:
+                return cast(raw)
+            except ValueError:
+                raise ValueError(f"{name} must be a number, got {raw!r}") from None
+
+        root = text("LOCAL_FILES_DOCUMENT_ROOT")
+        hosts = tuple(
+            h.strip() for h in (text("CLIPSAM_ALLOWED_HOSTS") or "").split(",") if h.strip()
+        )
+        return cls(
+            host=text("HOST") or cls.host,
+            port=number("PORT", cls.port),
+            workers=number("WORKERS", cls.workers),
+            threads=number("THREADS", cls.threads),
+            log_level=(text("LOG_LEVEL") or cls.log_level).upper(),
+            model_dir=Path(text("MODEL_DIR") or cls.model_dir),
+            label_studio_url=(text("LABEL_STUDIO_URL") or "").rstrip("/") or None,
+            label_studio_api_key=text("LABEL_STUDIO_API_KEY"),
+            basic_auth_user=text("BASIC_AUTH_USER"),
+            basic_auth_pass=text("BASIC_AUTH_PASS"),
+            webhook_secret=text("CLIPSAM_WEBHOOK_SECRET"),
+            preset=text("CLIPSAM_PRESET") or cls.preset,
+            device=text("CLIPSAM_DEVICE") or cls.device,
+            head_path=Path(head) if (head := text("CLIPSAM_HEAD")) else None,
+            default_category=text("CLIPSAM_DEFAULT_CATEGORY"),
+            category_key=text("CLIPSAM_CATEGORY_KEY") or cls.category_key,
+            defect_label=text("CLIPSAM_DEFECT_LABEL"),
+            verdict_threshold=number("CLIPSAM_VERDICT_THRESHOLD", cls.verdict_threshold, float),
+            local_files_root=Path(root) if root else None,
+            allowed_hosts=hosts,
+            max_image_bytes=number("CLIPSAM_MAX_IMAGE_BYTES", cls.max_image_bytes),
+            max_image_pixels=number("CLIPSAM_MAX_IMAGE_PIXELS", cls.max_image_pixels),
+            fetch_timeout=number("CLIPSAM_FETCH_TIMEOUT", cls.fetch_timeout, float),
+            max_request_bytes=number("CLIPSAM_MAX_REQUEST_BYTES", cls.max_request_bytes),
+            model_wait_seconds=number("CLIPSAM_MODEL_WAIT_SECONDS", cls.model_wait_seconds, float),
+        )

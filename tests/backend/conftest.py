@@ -1,0 +1,107 @@
+"""Backend fixtures: a real uvicorn server per test app, real image servers, loopback only."""
+
+from __future__ import annotations
+
+import dataclasses
+import http.server
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+import clipsam
+from backend.app import create_app
+from backend.model import ModelService
+from backend.settings import Settings
+from tests.helpers import BlobHead
+
+_real_connect = socket.socket.connect
+
+
+@pytest.fixture(autouse=True)
+def _loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A safety net: nothing in these tests may connect anywhere but loopback."""
+
+    def connect(self: socket.socket, address):  # type: ignore[no-untyped-def]
+        host = address[0] if isinstance(address, tuple) else ""
+        if self.family in (socket.AF_INET, socket.AF_INET6) and host not in ("127.0.0.1", "::1"):
+            raise AssertionError(f"test tried to connect to {address}")
+        return _real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+
+
+@pytest.fixture(scope="module")
+def blob_pipeline():
+    """Tiny pipeline whose head marks two fixed blobs: deterministic regions for every image."""
+    pipeline = clipsam.load_pipeline("tiny", head="umci")
+    pipeline.set_head(BlobHead(pipeline.clip.backbone_id, pipeline.clip.grid, [(3, 3), (10, 9)]))
+    return pipeline
+
+
+class _Files(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:  # type: ignore[no-untyped-def]
+        pass
+
+
+@pytest.fixture
+def image_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """Serves files from a temp folder on 127.0.0.1; yields (base URL, folder)."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+
+    def handler(*args, **kwargs):  # type: ignore[no-untyped-def]
+        return _Files(*args, directory=str(folder), **kwargs)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", folder
+    server.shutdown()
+
+
+@contextmanager
+def serve(app) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """Run ``app`` under a real uvicorn server on a free loopback port."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def backend(tmp_path: Path, blob_pipeline):
+    """Factory: start a backend with settings overrides; yields an httpx client on it."""
+    stack = []
+
+    def start(loader=None, **overrides) -> httpx.Client:  # type: ignore[no-untyped-def]
+        base = Settings(model_dir=tmp_path / "model_dir", preset="tiny",
+                        allowed_hosts=("127.0.0.1",), default_category="widget")  # fmt: skip
+        settings = dataclasses.replace(base, **overrides)
+        model = ModelService(settings, loader=loader or (lambda: blob_pipeline))
+        context = serve(create_app(settings, model))
+        url = context.__enter__()
+        client = httpx.Client(base_url=url, timeout=60)
+        stack.append((context, client))
+        return client
+
+    yield start
+    for context, client in stack:
+        client.close()
+        context.__exit__(None, None, None)
