@@ -73,22 +73,6 @@ def create_app(settings: Settings | None = None, model: ModelService | None = No
 
     app = FastAPI(title="ClipSAM ML backend", version="1.0", lifespan=lifespan)
     app.state.settings, app.state.model, app.state.events = settings, model, events
-    basic = HTTPBasic(auto_error=False)
-
-    def require_auth(credentials: Annotated[HTTPBasicCredentials | None, Depends(basic)]) -> None:
-        if settings.auth_enabled and not _basic_ok(settings, credentials):
-            raise HTTPException(
-                status.HTTP_401_UNAUTHORIZED,
-                "basic auth required",
-                headers={"WWW-Authenticate": 'Basic realm="clipsam"'},
-            )
-
-    def require_webhook_auth(
-        request: Request, credentials: Annotated[HTTPBasicCredentials | None, Depends(basic)]
-    ) -> None:
-        if settings.webhook_secret and _secret_ok(settings.webhook_secret, request):
-            return
-        require_auth(credentials)
 
     @app.middleware("http")
     async def limit_body_size(request: Request, call_next):  # type: ignore[no-untyped-def]
@@ -145,6 +129,29 @@ def create_app(settings: Settings | None = None, model: ModelService | None = No
         return {"versions": [model.model_version]}
 
     return app
+
+
+_basic = HTTPBasic(auto_error=False)
+Credentials = Annotated[HTTPBasicCredentials | None, Depends(_basic)]
+
+
+def require_auth(request: Request, credentials: Credentials) -> None:
+    """Basic auth on every route but /health, when BASIC_AUTH_USER/PASS are set."""
+    settings: Settings = request.app.state.settings
+    if settings.auth_enabled and not _basic_ok(settings, credentials):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "basic auth required",
+            headers={"WWW-Authenticate": 'Basic realm="clipsam"'},
+        )
+
+
+def require_webhook_auth(request: Request, credentials: Credentials) -> None:
+    """Basic auth, or the webhook secret (Label Studio's auto-created webhook has no password)."""
+    secret = request.app.state.settings.webhook_secret
+    if secret and _secret_ok(secret, request):
+        return
+    require_auth(request, credentials)
 
 
 def _spec(config: str, settings: Settings) -> LabelSpec:

@@ -73,6 +73,7 @@ class ModelService:
 
     def _load(self) -> Pipeline:
         overrides: dict[str, object] = {"device": self.settings.device}
+        overrides.update(self.settings.pipeline_overrides)
         if self.settings.head_path is not None:
             overrides["head_path"] = str(self.settings.head_path)
         return load_pipeline(self.settings.preset, **overrides)

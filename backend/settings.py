@@ -6,10 +6,12 @@ Names follow label-studio-ml 2.x (``LABEL_STUDIO_URL``, ``BASIC_AUTH_USER``, ``M
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,9 @@ class Settings:
     device: str = "auto"
     #: The head file to serve (``CLIPSAM_HEAD``); the training-free head when unset.
     head_path: Path | None = None
+    #: Pipeline config overrides by field name, from ``CLIPSAM_CONFIG`` (JSON object),
+    #: e.g. ``{"tau": 0.4, "top_k": 4}``.
+    pipeline_overrides: dict[str, Any] = field(default_factory=dict)
     default_category: str | None = None
     category_key: str = "category"
     #: The config label that means "defect"; the first label of each control when unset.
@@ -57,7 +62,7 @@ class Settings:
             value = env.get(name, "").strip()
             return value or None
 
-        def number(name: str, default: float, cast: type = int):  # type: ignore[no-untyped-def]
+        def number(name: str, default: float, cast: type = int) -> Any:
             raw = text(name)
             if raw is None:
                 return default
@@ -85,6 +90,7 @@ class Settings:
             preset=text("CLIPSAM_PRESET") or cls.preset,
             device=text("CLIPSAM_DEVICE") or cls.device,
             head_path=Path(head) if (head := text("CLIPSAM_HEAD")) else None,
+            pipeline_overrides=_json_object("CLIPSAM_CONFIG", text("CLIPSAM_CONFIG")),
             default_category=text("CLIPSAM_DEFAULT_CATEGORY"),
             category_key=text("CLIPSAM_CATEGORY_KEY") or cls.category_key,
             defect_label=text("CLIPSAM_DEFECT_LABEL"),
@@ -97,3 +103,15 @@ class Settings:
             max_request_bytes=number("CLIPSAM_MAX_REQUEST_BYTES", cls.max_request_bytes),
             model_wait_seconds=number("CLIPSAM_MODEL_WAIT_SECONDS", cls.model_wait_seconds, float),
         )
+
+
+def _json_object(name: str, raw: str | None) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{name} must be a JSON object, e.g. '{{\"tau\": 0.4}}': {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be a JSON object, got {type(value).__name__}")
+    return value

@@ -28,11 +28,18 @@ def polygon_items(prediction: Prediction, control: ControlSpec, _threshold: floa
 
 
 def _outer_contours(mask: np.ndarray) -> list[np.ndarray]:
-    """Contours of each connected blob, as (row, col) vertices around the pixels' outer edges."""
+    """Outer contours of each blob (holes skipped), as (row, col) vertices on pixel edges."""
     padded = np.pad(mask, 1).astype(np.float32)
     contours = []
     for contour in measure.find_contours(padded, 0.5):
+        if _signed_area(contour) <= 0:  # find_contours winds holes the other way round
+            continue
         simplified = measure.approximate_polygon(contour, TOLERANCE)[:-1]  # drop the repeated end
         if len(simplified) >= 3:
             contours.append(np.clip(simplified - 0.5, 0, None))  # undo the pad; pixel edges
     return contours
+
+
+def _signed_area(contour: np.ndarray) -> float:
+    y, x = contour[:, 0], contour[:, 1]
+    return 0.5 * float(np.sum(x[:-1] * y[1:] - x[1:] * y[:-1]))

@@ -39,8 +39,11 @@ def _loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def blob_pipeline():
-    """Tiny pipeline whose head marks two fixed blobs: deterministic regions for every image."""
-    pipeline = clipsam.load_pipeline("tiny", head="umci")
+    """Tiny pipeline whose head marks two fixed blobs: deterministic regions for every image.
+
+    SAM is off: a random-weight SAM's masks would make the regions depend on noise.
+    """
+    pipeline = clipsam.load_pipeline("tiny", head="umci", use_sam=False)
     pipeline.set_head(BlobHead(pipeline.clip.backbone_id, pipeline.clip.grid, [(3, 3), (10, 9)]))
     return pipeline
 

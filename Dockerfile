@@ -1,0 +1,36 @@
+# ClipSAM Label Studio ML backend.
+#   CPU (default):  docker build -t clipsam-backend .
+#   CUDA:           docker build --build-arg BASE_IMAGE=pytorch/pytorch:2.9.1-cuda12.8-cudnn9-runtime \
+#                     --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 -t clipsam-backend:cuda .
+# Run: docker run -p 9090:9090 -v clipsam-data:/data -e LABEL_STUDIO_URL=... -e LABEL_STUDIO_API_KEY=... clipsam-backend
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE} AS backend
+
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+ENV PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HOST=0.0.0.0 \
+    PORT=9090 \
+    WORKERS=1 \
+    THREADS=4 \
+    LOG_LEVEL=INFO \
+    MODEL_DIR=/data/models \
+    CLIPSAM_HOME=/data/weights
+
+WORKDIR /app
+COPY requirements.txt .
+# torch from the CPU (or CUDA) wheel index first, so the rest does not pull a different build.
+RUN pip install --extra-index-url "${TORCH_INDEX}" -r requirements.txt
+
+COPY clipsam ./clipsam
+COPY backend ./backend
+COPY training ./training
+
+RUN useradd --create-home --uid 1000 clipsam && mkdir -p /data && chown clipsam /data
+USER clipsam
+VOLUME ["/data"]
+EXPOSE 9090
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s \
+    CMD python -c "import os, urllib.request; urllib.request.urlopen(f'http://127.0.0.1:{os.environ[\"PORT\"]}/health', timeout=4)"
+CMD ["python", "-m", "backend"]

@@ -1,0 +1,311 @@
+"""Session fixtures for end-to-end runs: a real Label Studio, an image server and the backend.
+
+Each server is a real process (or thread) on 127.0.0.1 with its own port and temp dir.
+Label Studio lives in ``.venv-ls`` (``scripts/install_labelstudio.sh``) since it pins other deps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+LS_BIN = REPO / ".venv-ls" / "bin" / "label-studio"
+INSTALL_HINT = "bash scripts/install_labelstudio.sh"
+LS_START_TIMEOUT = 180.0
+BACKEND_START_TIMEOUT = 120.0
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    """The last ``lines`` lines of a log file, or a note when there is none."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return f"(no log at {path})"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    """SIGTERM the process group (the process leads its own session), then SIGKILL."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=timeout)
+
+
+def wait_for(
+    check: Callable[[], Any],
+    *,
+    timeout: float,
+    proc: subprocess.Popen[bytes],
+    name: str,
+    log: Path,
+    interval: float = 0.5,
+) -> Any:
+    """Poll ``check`` until it returns a truthy value; fail early if ``proc`` dies."""
+    deadline = time.monotonic() + timeout
+    last_error: object = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(
+                f"{name} exited with code {proc.returncode} during start-up; "
+                f"log {log}:\n{log_tail(log)}"
+            )
+        try:
+            value = check()
+        except (httpx.HTTPError, ValueError) as exc:
+            value, last_error = None, exc
+        if value:
+            return value
+        time.sleep(interval)
+    pytest.fail(
+        f"{name} did not come up in {timeout:.0f} s (last error: {last_error!r}); "
+        f"log {log}:\n{log_tail(log)}"
+    )
+
+
+@dataclass
+class LabelStudioServer:
+    url: str
+    token: str
+    client: Any  # label_studio_sdk.LabelStudio
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    data_dir: Path
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return _token_header(self.token)
+
+
+def _token_header(token: str) -> dict[str, str]:
+    return {"Authorization": f"Token {token}"}
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudioServer]:
+    """A fresh Label Studio 1.23 on a free loopback port, with a legacy API token."""
+    if not LS_BIN.exists():
+        message = f"Label Studio is not installed in .venv-ls; run: {INSTALL_HINT}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    from label_studio_sdk import LabelStudio
+
+    root = tmp_path_factory.mktemp("label_studio")
+    home, data = root / "home", root / "data"
+    home.mkdir()
+    data.mkdir()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    token = secrets.token_hex(20)
+    # Label Studio also reads bare names (HOST, PORT, USERNAME...): start from a clean env.
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "LANG": "C.UTF-8",
+        "LABEL_STUDIO_BASE_DATA_DIR": str(data),
+        "LABEL_STUDIO_USERNAME": "admin@example.com",
+        "LABEL_STUDIO_PASSWORD": secrets.token_urlsafe(16),
+        "LABEL_STUDIO_USER_TOKEN": token,
+        "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+        "LABEL_STUDIO_ML_BLOCK_LOCAL_IP": "false",
+        "LABEL_STUDIO_SSRF_PROTECTION_ENABLED": "false",
+        "LABEL_STUDIO_LATEST_VERSION_CHECK": "false",
+        "LABEL_STUDIO_COLLECT_ANALYTICS": "false",
+    }
+    cmd = [
+        str(LS_BIN),
+        "start",
+        "--internal-host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-browser",
+    ]
+    log_path = root / "label_studio.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            cmd, env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        with httpx.Client(timeout=5.0) as http:
+
+            def ready() -> bool:
+                if http.get(f"{url}/health").status_code != 200:
+                    return False
+                # The env-made user and its legacy token must be usable too.
+                whoami = http.get(f"{url}/api/current-user/whoami", headers=_token_header(token))
+                return whoami.status_code == 200
+
+            wait_for(ready, timeout=LS_START_TIMEOUT, proc=proc, name="Label Studio", log=log_path)
+        client = LabelStudio(base_url=url, api_key=token, timeout=120.0, max_retries=0)
+        yield LabelStudioServer(url, token, client, proc, log_path, data)
+    finally:
+        stop_process(proc)
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    requests: list[str]
+
+    def log_message(self, format: str, *args: Any) -> None:
+        self.requests.append(self.path)
+
+
+@dataclass
+class ImageServer:
+    url: str
+    root: Path
+    #: Paths of the GET/HEAD requests served so far, in order.
+    requests: list[str] = field(default_factory=list)
+
+    def add(self, name: str, data: bytes) -> str:
+        """Store ``data`` as ``name`` and return its URL."""
+        (self.root / name).write_bytes(data)
+        return f"{self.url}/{name}"
+
+
+@pytest.fixture(scope="session")
+def image_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImageServer]:
+    """A static file server on 127.0.0.1 for task images given as http:// URLs."""
+    root = tmp_path_factory.mktemp("images")
+    requests: list[str] = []
+    handler = type("Handler", (_QuietHandler,), {"requests": requests})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(root)))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="image-server", daemon=True)
+    thread.start()
+    try:
+        yield ImageServer(f"http://127.0.0.1:{server.server_address[1]}", root, requests)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@dataclass
+class BackendServer:
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    model_dir: Path
+
+    @property
+    def events_path(self) -> Path:
+        return self.model_dir / "events" / "webhook.jsonl"
+
+    def events(self) -> list[dict[str, Any]]:
+        """The webhook events the backend has stored so far."""
+        if not self.events_path.exists():
+            return []
+        lines = self.events_path.read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def log_tail(self, lines: int = 60) -> str:
+        return f"backend log {self.log_path}:\n{log_tail(self.log_path, lines)}"
+
+    def health(self) -> dict[str, Any]:
+        response = httpx.get(f"{self.url}/health", timeout=5.0)
+        response.raise_for_status()
+        return dict(response.json())
+
+
+# Inherited names that would change how the backend behaves; the fixture sets its own.
+_BACKEND_ENV_DROP = (
+    "HOST",
+    "PORT",
+    "WORKERS",
+    "THREADS",
+    "MODEL_DIR",
+    "LOG_LEVEL",
+    "BASIC_AUTH_USER",
+    "BASIC_AUTH_PASS",
+    "LOCAL_FILES_DOCUMENT_ROOT",
+)
+
+
+@pytest.fixture(scope="session")
+def backend(
+    label_studio: LabelStudioServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[BackendServer]:
+    """``python -m backend`` as a real process, with the tiny preset and random weights."""
+    root = tmp_path_factory.mktemp("backend")
+    model_dir, home = root / "model_dir", root / "clipsam_home"
+    model_dir.mkdir()
+    home.mkdir()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in _BACKEND_ENV_DROP and not k.startswith(("CLIPSAM_", "LABEL_STUDIO_"))
+    }
+    env.update(
+        PORT=str(port),
+        HOST="127.0.0.1",
+        CLIPSAM_PRESET="tiny",
+        MODEL_DIR=str(model_dir),
+        LABEL_STUDIO_URL=label_studio.url,
+        LABEL_STUDIO_API_KEY=label_studio.token,
+        CLIPSAM_ALLOWED_HOSTS="127.0.0.1",
+        CLIPSAM_DEFAULT_CATEGORY="widget",
+        # Every image gets the "Defective" verdict: deterministic with random weights.
+        CLIPSAM_VERDICT_THRESHOLD="0.0",
+        # Random tiny weights peak near 0.44 on these images, under the default tau 0.5.
+        CLIPSAM_CONFIG=json.dumps({"tau": 0.4}),
+        LOG_LEVEL="DEBUG",
+        CLIPSAM_OFFLINE="1",
+        CLIPSAM_HOME=str(home),
+        PYTHONUNBUFFERED="1",
+    )
+    log_path = root / "backend.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "backend"],
+            env=env,
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        with httpx.Client(timeout=5.0) as http:
+
+            def up() -> bool:
+                response = http.get(f"{url}/health")
+                return response.status_code == 200 and response.json().get("status") == "UP"
+
+            wait_for(up, timeout=BACKEND_START_TIMEOUT, proc=proc, name="backend", log=log_path)
+        yield BackendServer(url, proc, log_path, model_dir)
+    finally:
+        stop_process(proc)
