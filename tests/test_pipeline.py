@@ -186,3 +186,30 @@ def test_text_features_persist_in_the_disk_cache(make_tiny, tmp_path):
     second = make_tiny(cache_dir=str(tmp_path))
     second.clip.encode_text = None  # would fail if called: the disk cache must answer
     np.testing.assert_array_equal(second.text_features("capsule").numpy(), expected.numpy())
+
+
+def _backbone_digest(pipeline) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for module in (pipeline.clip, pipeline.sam.sam):
+        for name, tensor in module.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def test_another_process_builds_the_same_tiny_backbone(tiny_pipeline):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import clipsam, tests.test_pipeline as t; "
+        "print(t._backbone_digest(clipsam.load_pipeline('tiny')))"
+    )
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip().splitlines()[-1] == _backbone_digest(tiny_pipeline)
