@@ -21,7 +21,7 @@ from torch import Tensor
 
 from clipsam.cache import FeatureCache
 from clipsam.clip_backbone import ClipBackbone, build_clip
-from clipsam.config import PipelineConfig, config_to_dict, resolve_config
+from clipsam.config import HeadKind, PipelineConfig, config_to_dict, resolve_config
 from clipsam.heads import AnomalyHead, HeadMismatchError, build_head, coarse_map, load_head
 from clipsam.images import ImageInput, image_hash, load_image
 from clipsam.refine import Component, find_components, refine
@@ -100,9 +100,12 @@ class Pipeline:
         logger.info("serving head %s from %s", head.version, path)
         return head
 
-    def new_head(self, seed: int | None = None) -> AnomalyHead:
-        """A freshly initialised head of the configured kind (seeded), e.g. to train."""
-        return fresh_head(self.config, self.clip, self.config.seed if seed is None else seed)
+    def new_head(self, seed: int | None = None, kind: HeadKind | None = None) -> AnomalyHead:
+        """A freshly initialised head (seeded) of ``kind`` or the configured kind, e.g. to train."""
+        config = self.config
+        if kind is not None:
+            config = dataclasses.replace(config, head=dataclasses.replace(config.head, head=kind))
+        return fresh_head(config, self.clip, self.config.seed if seed is None else seed)
 
     def info(self) -> dict[str, Any]:
         """What is running: preset, backbones, where weights came from, head, device."""

@@ -80,6 +80,7 @@ def save_head(
             "extra": extra or {},
         }
         save_model(head, tmp_name, metadata={_META_KEY: json.dumps(metadata)})
+        os.chmod(tmp_name, 0o644)  # mkstemp's 0600 would hide it from other users' backends
         os.replace(tmp_name, path)
     finally:
         Path(tmp_name).unlink(missing_ok=True)

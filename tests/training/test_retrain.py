@@ -1,0 +1,97 @@
+"""The retrain job itself, in-process: what it trains on, what it caches, what it records."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from clipsam.data import load_mask, make_synthetic_dataset, read_mvtec
+from clipsam.images import load_image
+from tests.helpers import annotation_event
+from training.corrections import correction_from_event
+from training.registry import ModelRegistry
+from training.retrain import is_held_out, retrain_job
+from training.store import CorrectionStore
+
+
+class _CountingFiles(http.server.SimpleHTTPRequestHandler):
+    requests: ClassVar[list[str]] = []
+
+    def log_message(self, *args) -> None:  # type: ignore[no-untyped-def]
+        pass
+
+    def do_GET(self) -> None:
+        type(self).requests.append(self.path)
+        super().do_GET()
+
+
+@pytest.fixture
+def served(tmp_path: Path):
+    """10 synthetic widgets over HTTP, stored as corrections of project 3 (plus one dead link)."""
+    root = make_synthetic_dataset(tmp_path / "data", categories=("widget",), n_good=2,
+                                  n_defect=8, seed=11)  # fmt: skip
+    _CountingFiles.requests = []
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), lambda *a, **k: _CountingFiles(*a, directory=str(root), **k)
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    events = []
+    for index, sample in enumerate(read_mvtec(root, split="test")):
+        mask = load_mask(sample, load_image(sample.image_path).shape[:2])
+        link = f"{url}/{sample.image_path.relative_to(root).as_posix()}"
+        events.append(annotation_event(index + 1, index + 1, link, mask))
+    events.append(annotation_event(99, 99, f"{url}/gone.png", mask))
+    yield events
+    server.shutdown()
+
+
+def _job(model_dir: Path, redis_server, **kwargs):
+    return retrain_job(
+        project="3", reason="test", model_dir=str(model_dir), preset="tiny",
+        pipeline_overrides={"use_sam": False}, redis_url=f"unix://{redis_server.socket_file}",
+        settings={"allowed_hosts": ["127.0.0.1"]}, holdout=0.3, **{"epochs": 2, **kwargs},
+    )  # fmt: skip
+
+
+def test_a_job_trains_on_corrections_and_base_data_and_records_why(tmp_path, redis_server, served):
+    store = CorrectionStore(redis_server)
+    for event in served:
+        store.upsert(correction_from_event(event))
+    base = make_synthetic_dataset(tmp_path / "base", categories=("widget",), n_good=1,
+                                  n_defect=3, seed=12)  # fmt: skip
+    model_dir = tmp_path / "model_dir"
+    summary = _job(model_dir, redis_server, base_data=[f"mvtec:{base}"])
+
+    held = [e for e in served if is_held_out(e["annotation"]["id"], 0.3)]
+    usable_held = [e for e in held if e["annotation"]["id"] != 99]
+    trained = len(served) - 1 - len(usable_held)  # the dead link is skipped, not fatal
+    assert 0 < len(usable_held) < len(served) - 1
+    assert summary["held_out"] == len(usable_held)
+    assert summary["train"] == trained + 4  # corrections + the 4 base images
+    assert summary["status"] == "promoted"  # the first trained head beats the training-free one
+    registry = ModelRegistry(model_dir)
+    (version,) = registry.versions()
+    assert version.version == summary["version"] and version.status == "promoted"
+    assert version.extra["train"] == summary["train"] and version.metrics["pixel_auroc"] > 0
+    assert "no serving head" not in summary["reason"] and "serving" in summary["reason"]
+    assert store.pending("3") == 0
+
+    # A second job trains from the promoted head and fetches no image again (cached).
+    fetched = len(_CountingFiles.requests)
+    second = _job(model_dir, redis_server)
+    assert len(_CountingFiles.requests) - fetched == 1  # only the dead link is retried
+    assert ModelRegistry(model_dir).get(second["version"]).parent == summary["version"]
+
+
+def test_a_job_without_usable_corrections_changes_nothing(tmp_path, redis_server, served):
+    store = CorrectionStore(redis_server)
+    store.upsert(correction_from_event(served[-1]))  # only the dead link
+    summary = _job(tmp_path / "model_dir", redis_server)
+    assert summary["status"] == "skipped" and "no usable corrections" in summary["reason"]
+    assert ModelRegistry(tmp_path / "model_dir").versions() == []
+    assert store.pending("3") == 0

@@ -1,0 +1,246 @@
+"""The retraining job: corrections from Redis → a new head → promoted only if not worse.
+
+Runs on an rq worker (``python -m training.worker``, or the backend's in-process worker). The
+serving head is never touched until the candidate has been written and judged, so a crashed or
+killed job leaves serving exactly as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import redis
+from rq import get_current_job
+
+from backend.fetch import ImageFetcher
+from backend.settings import Settings
+from clipsam import Pipeline, load_pipeline
+from clipsam.heads import AnomalyHead, load_head
+from clipsam.images import load_image
+from training.corrections import Correction
+from training.datasets import iter_labeled, load_samples
+from training.redis_conn import connect
+from training.registry import ModelRegistry
+from training.store import CorrectionStore
+from training.trainer import TrainConfig, TrainingSample, evaluate_head, prepare_samples, train_head
+
+logger = logging.getLogger(__name__)
+
+#: Pipelines built (or lent by the backend) in this process, by (preset, overrides).
+_PIPELINES: dict[str, Pipeline] = {}
+
+
+def pipeline_key(preset: str, overrides: dict[str, Any]) -> str:
+    return f"{preset}|{sorted(overrides.items())!r}"
+
+
+def share_pipeline(preset: str, overrides: dict[str, Any], pipeline: Pipeline) -> None:
+    """Let jobs in this process reuse an already loaded pipeline (frozen CLIP, warm caches)."""
+    _PIPELINES[pipeline_key(preset, overrides)] = pipeline
+
+
+def heartbeat_seconds() -> float:
+    """How often a running job says it is alive (``CLIPSAM_RETRAIN_HEARTBEAT``, default 30 s)."""
+    return float(os.environ.get("CLIPSAM_RETRAIN_HEARTBEAT", "30"))
+
+
+def alive_key(project: str, prefix: str = "clipsam") -> str:
+    return f"{prefix}:project:{project}:retrain_alive"
+
+
+@contextlib.contextmanager
+def heartbeat(connection: redis.Redis, project: str) -> Iterator[None]:
+    """Keep ``alive_key`` fresh while the job runs, so a killed worker is noticed in seconds.
+
+    rq marks a job started for its whole timeout even when its worker died (SIGKILL, OOM);
+    the scheduler uses this key to tell a running job from an abandoned one.
+    """
+    period = heartbeat_seconds()
+    key, stop = alive_key(project), threading.Event()
+
+    def beat() -> None:
+        while True:
+            try:
+                connection.set(key, os.getpid(), px=int(period * 2000))
+            except redis.exceptions.RedisError as exc:
+                logger.warning("retrain heartbeat not written: %s", exc)
+            if stop.wait(period):
+                return
+
+    thread = threading.Thread(target=beat, name=f"retrain-heartbeat-{project}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        with contextlib.suppress(redis.exceptions.RedisError):
+            connection.delete(key)
+
+
+def is_held_out(annotation_id: int, fraction: float) -> bool:
+    """A stable slice of corrections that is never trained on, so promotion is judged fairly."""
+    bucket = int(hashlib.blake2b(str(annotation_id).encode(), digest_size=4).hexdigest(), 16)
+    return (bucket % 1000) < fraction * 1000
+
+
+def retrain_job(
+    project: str,
+    reason: str,
+    model_dir: str,
+    preset: str,
+    pipeline_overrides: dict[str, Any] | None = None,
+    redis_url: str | None = None,
+    settings: dict[str, Any] | None = None,
+    epochs: int = 10,
+    holdout: float = 0.2,
+    base_data: list[str] | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Train from the serving head on the project's corrections; promote or reject.
+
+    Redis: the worker's own connection inside an rq job, else ``redis_url`` (or the embedded
+    server of ``model_dir``).
+    """
+    job = get_current_job()
+    connection = job.connection if job is not None else connect(redis_url, Path(model_dir))
+    with heartbeat(connection, project):
+        return _retrain(connection, project, reason, model_dir, preset, pipeline_overrides,
+                        settings, epochs, holdout, base_data, seed)  # fmt: skip
+
+
+def _retrain(
+    connection: redis.Redis,
+    project: str,
+    reason: str,
+    model_dir: str,
+    preset: str,
+    pipeline_overrides: dict[str, Any] | None,
+    settings: dict[str, Any] | None,
+    epochs: int,
+    holdout: float,
+    base_data: list[str] | None,
+    seed: int,
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    overrides = dict(pipeline_overrides or {})
+    store = CorrectionStore(connection)
+    registry = ModelRegistry(Path(model_dir), connection)
+    seen = store.pending(project)
+    corrections = [c for c in store.list_project(project) if not c.was_cancelled]
+    logger.info("retraining project %s (%s): %d corrections", project, reason, len(corrections))
+    pipeline = _pipeline(preset, overrides)
+    fetcher = ImageFetcher(_settings(settings, model_dir))
+    cache = Path(model_dir) / "images"
+    train_items = [c for c in corrections if not is_held_out(c.annotation_id, holdout)]
+    held_items = [c for c in corrections if is_held_out(c.annotation_id, holdout)]
+    train = _prepare(pipeline, train_items, fetcher, cache)
+    held_out = _prepare(pipeline, held_items, fetcher, cache)
+    if base_data:
+        samples = load_samples(base_data)
+        train += prepare_samples(pipeline, iter_labeled(samples), len(samples), progress=False)
+    if not train:
+        store.reset_pending(project, seen)
+        return {"project": project, "status": "skipped", "reason": "no usable corrections"}
+
+    serving = registry.serving()
+    current = load_head(serving.path, pipeline.clip.backbone_id) if serving else pipeline.head
+    init = current if _trainable(current) else pipeline.new_head(seed, kind="umci")
+    config = TrainConfig(epochs=epochs, seed=seed, progress=False)
+    result = train_head(pipeline, train, held_out, config, init_head=init)
+    serving_metrics = evaluate_head(pipeline, current, held_out)["mean"] if held_out else None
+    extra = {"project": project, "reason": reason, "train": len(train), "held_out": len(held_out)}
+    candidate = registry.register(
+        result.head,
+        result.metrics,
+        parent=serving.version if serving else current.version,
+        extra=extra,
+    )
+    ok, why = registry.decide(candidate.version, result.metrics, serving_metrics)
+    if ok:
+        registry.promote(candidate.version, why)
+    else:
+        registry.reject(candidate.version, why)
+    store.reset_pending(project, seen)
+    summary = {
+        "project": project,
+        "status": "promoted" if ok else "rejected",
+        "version": candidate.version,
+        "reason": why,
+        "metrics": result.metrics,
+        "serving_metrics": serving_metrics,
+        "train": len(train),
+        "held_out": len(held_out),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    logger.info("retrain of project %s: %s", project, summary)
+    return summary
+
+
+def _pipeline(preset: str, overrides: dict[str, Any]) -> Pipeline:
+    key = pipeline_key(preset, overrides)
+    if key not in _PIPELINES:
+        _PIPELINES[key] = load_pipeline(preset, **overrides)
+    return _PIPELINES[key]
+
+
+def _settings(values: dict[str, Any] | None, model_dir: str) -> Settings:
+    """The job's fetch settings; credentials come from this worker's environment."""
+    env = Settings.from_env()
+    if values is None:
+        return env
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    clean = {k: v for k, v in values.items() if k in fields}
+    for key in ("model_dir", "local_files_root", "head_path"):
+        if clean.get(key) is not None:
+            clean[key] = Path(clean[key])
+    if "allowed_hosts" in clean:
+        clean["allowed_hosts"] = tuple(clean["allowed_hosts"])
+    clean.setdefault("model_dir", Path(model_dir))
+    clean.setdefault("label_studio_api_key", env.label_studio_api_key)
+    return Settings(**clean)
+
+
+def _prepare(
+    pipeline: Pipeline, corrections: list[Correction], fetcher: ImageFetcher, cache: Path
+) -> list[TrainingSample]:
+    def items() -> Iterator[tuple[np.ndarray, np.ndarray, str]]:
+        for correction in corrections:
+            try:
+                image = load_image(
+                    _cached_fetch(correction.image, correction.task_id, fetcher, cache)
+                )
+                mask = correction.mask(image.shape[:2])
+            except Exception as exc:  # one bad image must not sink the whole job
+                logger.warning("correction %s skipped: %s", correction.annotation_id, exc)
+                continue
+            yield image, mask, correction.category or ""
+
+    return prepare_samples(pipeline, items(), len(corrections), progress=False)
+
+
+def _cached_fetch(reference: str, task_id: int, fetcher: ImageFetcher, cache: Path) -> bytes:
+    """Each image is fetched once per model dir; retrains read it from disk."""
+    path = cache / f"{hashlib.sha256(reference.encode()).hexdigest()[:40]}.img"
+    if path.is_file():
+        return path.read_bytes()
+    data = fetcher.fetch_bytes(reference, task_id=task_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    return data
+
+
+def _trainable(head: AnomalyHead) -> bool:
+    return any(True for _ in head.parameters())

@@ -1,0 +1,129 @@
+"""When to retrain: after N new corrections, after an interval, or at once on START_TRAINING.
+
+Jobs go to an rq queue; at most one retraining job per project is queued or running at a time
+(the job id is the project's, and a queued or running job with that id is left alone).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+from rq import Queue
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+
+from training.retrain import alive_key, heartbeat_seconds
+from training.store import CorrectionStore
+
+logger = logging.getLogger(__name__)
+
+QUEUE_NAME = "clipsam-retrain"
+ACTIVE = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
+
+
+@dataclass(frozen=True)
+class RetrainPolicy:
+    every: int = 20  # CLIPSAM_RETRAIN_EVERY: new corrections that trigger a retrain
+    interval: float = 0.0  # CLIPSAM_RETRAIN_INTERVAL seconds; 0 = off
+    job_timeout: int = 3600
+
+
+class RetrainScheduler:
+    """Decides and enqueues; ``job_kwargs`` are passed to ``training.retrain.retrain_job``."""
+
+    def __init__(
+        self,
+        connection: redis.Redis,
+        store: CorrectionStore,
+        policy: RetrainPolicy,
+        job_kwargs: dict[str, Any],
+        prefix: str = "clipsam",
+    ) -> None:
+        self.connection = connection
+        self.store = store
+        self.policy = policy
+        self.job_kwargs = job_kwargs
+        self.prefix = prefix
+        self.queue = Queue(QUEUE_NAME, connection=connection)
+        self._stop = threading.Event()
+
+    def on_event(self, action: str, project: str | None) -> Job | None:
+        """Called after each event reached the store."""
+        if not project:
+            return None
+        if action == "START_TRAINING":
+            return self.enqueue(project, "requested from Label Studio")
+        pending = self.store.pending(project)
+        if self.policy.every > 0 and pending >= self.policy.every:
+            return self.enqueue(project, f"{pending} new corrections")
+        return None
+
+    def tick(self) -> list[Job]:
+        """Interval policy: projects with pending corrections whose last run is old enough."""
+        if self.policy.interval <= 0:
+            return []
+        jobs = []
+        now = time.time()
+        for project in self.store.projects():
+            last = float(self.connection.get(self._last_key(project)) or 0)
+            if self.store.pending(project) > 0 and now - last >= self.policy.interval:
+                job = self.enqueue(project, f"interval of {self.policy.interval:.0f} s")
+                if job is not None:
+                    jobs.append(job)
+        return jobs
+
+    def enqueue(self, project: str, reason: str) -> Job | None:
+        """Queue a retrain of ``project`` unless one is queued or running; returns the job."""
+        job_id = f"retrain-{project}"
+        try:
+            existing = Job.fetch(job_id, connection=self.connection)
+        except NoSuchJobError:
+            existing = None
+        if existing is not None and existing.get_status(refresh=True) in ACTIVE:
+            if not self._abandoned(existing, project):
+                logger.info("retrain of project %s already queued or running", project)
+                return None
+            logger.warning(
+                "retrain job of project %s stopped sending heartbeats (worker killed?); "
+                "marking it failed and starting over", project,
+            )  # fmt: skip
+            existing.delete()
+        self.connection.set(self._last_key(project), time.time())
+        job = self.queue.enqueue(
+            "training.retrain.retrain_job",
+            kwargs={**self.job_kwargs, "project": project, "reason": reason},
+            job_id=job_id,
+            job_timeout=self.policy.job_timeout,
+            result_ttl=7 * 24 * 3600,
+            failure_ttl=7 * 24 * 3600,
+        )
+        logger.info("retrain of project %s queued: %s", project, reason)
+        return job
+
+    def _abandoned(self, job: Job, project: str) -> bool:
+        """Started long enough ago to have sent a heartbeat, yet none is alive."""
+        if job.get_status() != JobStatus.STARTED or job.started_at is None:
+            return False
+        grace = 2 * heartbeat_seconds()
+        running = (datetime.now(UTC) - job.started_at.replace(tzinfo=UTC)).total_seconds()
+        return running > grace and not self.connection.exists(alive_key(project))
+
+    def run_interval_loop(self, period: float = 30.0) -> None:
+        """Background thread body for the interval policy."""
+        while not self._stop.wait(period):
+            try:
+                self.tick()
+            except redis.exceptions.RedisError as exc:
+                logger.warning("retrain interval check skipped: %s", exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _last_key(self, project: str) -> str:
+        return f"{self.prefix}:project:{project}:last_retrain"
