@@ -6,9 +6,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
@@ -20,9 +22,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from backend.events import EventLog
 from backend.fetch import ImageFetcher
 from backend.label_config import LabelConfigError, LabelSpec, parse_label_config
-from backend.model import ModelNotReady, ModelService
+from backend.loop import CorrectionLoop
+from backend.model import ModelNotReady, ModelService, model_version
 from backend.predictor import TaskPredictor
 from backend.settings import Settings
+from training.registry import ModelRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +35,15 @@ STORED_ACTIONS = frozenset(
     {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED", "ANNOTATIONS_DELETED",
      "START_TRAINING"}
 )  # fmt: skip
+
+
+class TrainRequest(BaseModel):
+    """Legacy ``/train``: every annotated task of the project, as in a JSON export."""
+
+    model_config = ConfigDict(extra="allow")
+    annotations: list[dict[str, Any]] = Field(default_factory=list)
+    project: str | int | dict[str, Any]
+    label_config: str | None = None
 
 
 class SetupRequest(BaseModel):
@@ -57,22 +70,31 @@ class WebhookEvent(BaseModel):
 
 def create_app(settings: Settings | None = None, model: ModelService | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
+    events = EventLog(settings.model_dir)
+    serving = _serving_head(settings)
+    if settings.head_path is None and serving is not None:
+        settings = dataclasses.replace(settings, head_path=serving)  # start on the promoted head
     model = model or ModelService(settings)
     fetcher = ImageFetcher(settings)
     predictor = TaskPredictor(settings, model, fetcher)
-    events = EventLog(settings.model_dir)
+    loop = CorrectionLoop(settings, model, events) if settings.corrections else None
     project_configs: dict[str, str] = {}
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]
         anyio.to_thread.current_default_thread_limiter().total_tokens = max(2, settings.threads)
         model.start()
+        if loop is not None:
+            loop.start()
         yield
+        if loop is not None:
+            loop.stop()
         predictor.close()
         fetcher.close()
 
     app = FastAPI(title="ClipSAM ML backend", version="1.0", lifespan=lifespan)
     app.state.settings, app.state.model, app.state.events = settings, model, events
+    app.state.loop = loop
 
     @app.middleware("http")
     async def limit_body_size(request: Request, call_next):  # type: ignore[no-untyped-def]
@@ -124,9 +146,26 @@ def create_app(settings: Settings | None = None, model: ModelService | None = No
         events.record(event.action, event.model_dump(mode="json"))
         return {"status": "ok"}
 
+    @app.post("/train", dependencies=[Depends(require_auth)])
+    def train(request: TrainRequest) -> dict[str, str]:
+        """Label Studio's "Start training" without the webhook feature flag: same as the event."""
+        project = (
+            request.project.get("id") if isinstance(request.project, dict) else request.project
+        )
+        payload = {
+            "action": "START_TRAINING",
+            "project": {"id": project, "label_config": request.label_config},
+            "tasks": request.annotations,
+        }
+        events.record("START_TRAINING", payload)
+        return {"status": "ok"}
+
     @app.get("/versions", dependencies=[Depends(require_auth)])
     def versions() -> dict[str, list[str]]:
-        return {"versions": [model.model_version]}
+        names = [model.model_version]
+        if loop is not None:
+            names += [model_version(settings.preset, v.version) for v in loop.registry.versions()]
+        return {"versions": list(dict.fromkeys(names))}
 
     return app
 
@@ -152,6 +191,15 @@ def require_webhook_auth(request: Request, credentials: Credentials) -> None:
     if secret and _secret_ok(secret, request):
         return
     require_auth(request, credentials)
+
+
+def _serving_head(settings: Settings) -> Path | None:
+    try:
+        serving = ModelRegistry(settings.model_dir).serving()
+    except Exception as exc:  # an unreadable registry must not stop the service
+        logger.error("model registry unreadable: %s", exc)
+        return None
+    return serving.path if serving is not None else None
 
 
 def _spec(config: str, settings: Settings) -> LabelSpec:

@@ -49,6 +49,18 @@ class Settings:
     max_request_bytes: int = 32 * 1024 * 1024
     #: How long /predict waits for a model that is still loading before answering 503.
     model_wait_seconds: float = 60.0
+    #: Corrections loop: Redis (``REDIS_URL``; an embedded server under MODEL_DIR when unset).
+    redis_url: str | None = None
+    corrections: bool = True
+    retrain_every: int = 20
+    retrain_interval: float = 0.0
+    retrain_epochs: int = 10
+    retrain_holdout: float = 0.2
+    #: Extra labelled datasets mixed into every retrain (``mvtec:PATH,visa:PATH``).
+    base_data: tuple[str, ...] = ()
+    #: Run retraining jobs inside this process (default: only with the embedded Redis).
+    inprocess_worker: bool | None = None
+    reload_poll: float = 5.0
 
     @property
     def auth_enabled(self) -> bool:
@@ -102,6 +114,17 @@ class Settings:
             fetch_timeout=number("CLIPSAM_FETCH_TIMEOUT", cls.fetch_timeout, float),
             max_request_bytes=number("CLIPSAM_MAX_REQUEST_BYTES", cls.max_request_bytes),
             model_wait_seconds=number("CLIPSAM_MODEL_WAIT_SECONDS", cls.model_wait_seconds, float),
+            redis_url=text("REDIS_URL"),
+            corrections=_flag(text("CLIPSAM_CORRECTIONS"), True),
+            retrain_every=number("CLIPSAM_RETRAIN_EVERY", cls.retrain_every),
+            retrain_interval=number("CLIPSAM_RETRAIN_INTERVAL", cls.retrain_interval, float),
+            retrain_epochs=number("CLIPSAM_RETRAIN_EPOCHS", cls.retrain_epochs),
+            retrain_holdout=number("CLIPSAM_RETRAIN_HOLDOUT", cls.retrain_holdout, float),
+            base_data=tuple(
+                d.strip() for d in (text("CLIPSAM_BASE_DATA") or "").split(",") if d.strip()
+            ),
+            inprocess_worker=_flag(text("CLIPSAM_INPROCESS_WORKER"), None),
+            reload_poll=number("CLIPSAM_RELOAD_POLL", cls.reload_poll, float),
         )
 
 
@@ -115,3 +138,9 @@ def _json_object(name: str, raw: str | None) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError(f"{name} must be a JSON object, got {type(value).__name__}")
     return value
+
+
+def _flag(raw: str | None, default: bool | None) -> bool | None:
+    if raw is None:
+        return default
+    return raw.lower() in ("1", "true", "yes", "on")

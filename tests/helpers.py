@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 import torch
+from label_studio_sdk.converter.brush import mask2rle
 from torch import Tensor
 
 from clipsam.heads import AnomalyHead
@@ -49,3 +51,48 @@ def count_backbone_calls(pipeline) -> Counter:
         pipeline.sam.sam.image_encoder.register_forward_hook(encoder_hook)
         pipeline.sam.sam.mask_decoder.register_forward_hook(decoder_hook, with_kwargs=True)
     return calls
+
+
+LABEL_CONFIG = """<View>
+  <Image name="image" value="$image"/>
+  <BrushLabels name="defect" toName="image"><Label value="Defect"/></BrushLabels>
+  <Choices name="verdict" toName="image"><Choice value="Defective"/><Choice value="Good"/></Choices>
+</View>"""
+
+
+def annotation_event(
+    annotation_id: int,
+    task_id: int,
+    image_url: str,
+    mask: np.ndarray,
+    category: str = "widget",
+    project: int = 3,
+    action: str = "ANNOTATION_CREATED",
+) -> dict:
+    """A webhook payload as Label Studio 1.23 sends it: the person's brush mask (none = good)."""
+    height, width = mask.shape
+    result = []
+    if mask.any():
+        rle = mask2rle(mask.astype(np.uint8) * 255)
+        result.append({
+            "id": f"r{annotation_id}", "type": "brushlabels", "from_name": "defect",
+            "to_name": "image", "original_width": width, "original_height": height,
+            "value": {"format": "rle", "rle": [int(v) for v in rle], "brushlabels": ["Defect"]},
+        })  # fmt: skip
+    result.append({
+        "id": f"v{annotation_id}", "type": "choices", "from_name": "verdict", "to_name": "image",
+        "original_width": width, "original_height": height,
+        "value": {"choices": ["Defective" if mask.any() else "Good"]},
+    })  # fmt: skip
+    task = {"id": task_id, "project": project, "data": {"image": image_url, "category": category}}
+    annotation = {
+        "id": annotation_id, "task": task_id, "project": project, "result": result,
+        "completed_by": 1, "was_cancelled": False, "ground_truth": False,
+        "created_at": "2026-11-23T10:00:00Z", "updated_at": "2026-11-23T10:00:00Z",
+    }  # fmt: skip
+    return {
+        "action": action,
+        "project": {"id": project, "label_config": LABEL_CONFIG},
+        "task": task,
+        "annotation": annotation,
+    }

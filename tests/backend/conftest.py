@@ -20,6 +20,7 @@ from backend.app import create_app
 from backend.model import ModelService
 from backend.settings import Settings
 from tests.helpers import BlobHead
+from training.redis_conn import connect, release
 
 _real_connect = socket.socket.connect
 
@@ -53,11 +54,9 @@ class _Files(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def image_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """Serves files from a temp folder on 127.0.0.1; yields (base URL, folder)."""
-    folder = tmp_path / "images"
-    folder.mkdir()
+@contextmanager
+def file_server(folder: Path) -> Iterator[str]:
+    """Serve ``folder`` over HTTP on 127.0.0.1; yields the base URL."""
 
     def handler(*args, **kwargs):  # type: ignore[no-untyped-def]
         return _Files(*args, directory=str(folder), **kwargs)
@@ -65,8 +64,19 @@ def image_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", folder
-    server.shutdown()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+@pytest.fixture
+def image_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """Serves files from a temp folder on 127.0.0.1; yields (base URL, folder)."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    with file_server(folder) as url:
+        yield url, folder
 
 
 @contextmanager
@@ -95,7 +105,8 @@ def backend(tmp_path: Path, blob_pipeline):
 
     def start(loader=None, **overrides) -> httpx.Client:  # type: ignore[no-untyped-def]
         base = Settings(model_dir=tmp_path / "model_dir", preset="tiny",
-                        allowed_hosts=("127.0.0.1",), default_category="widget")  # fmt: skip
+                        allowed_hosts=("127.0.0.1",), default_category="widget",
+                        corrections=False)  # fmt: skip
         settings = dataclasses.replace(base, **overrides)
         model = ModelService(settings, loader=loader or (lambda: blob_pipeline))
         context = serve(create_app(settings, model))
@@ -108,3 +119,17 @@ def backend(tmp_path: Path, blob_pipeline):
     for context, client in stack:
         client.close()
         context.__exit__(None, None, None)
+
+
+@pytest.fixture
+def embedded_redis():
+    """Factory: a client of MODEL_DIR's embedded Redis, released (stopped if last) at teardown."""
+    clients = []
+
+    def open_client(model_dir: Path):  # type: ignore[no-untyped-def]
+        clients.append(connect(None, model_dir))
+        return clients[-1]
+
+    yield open_client
+    for client in clients:
+        release(client)

@@ -1,0 +1,143 @@
+"""The correction loop inside a backend process: events → store → retrain → hot reload.
+
+Wires the pieces from ``training`` together: the event pump (webhook log → Redis), the retrain
+scheduler, the head reloader, and, with the embedded Redis, an in-process retraining worker
+that borrows this process's already loaded pipeline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from typing import Any
+
+from backend.events import EventLog, EventPump
+from backend.model import ModelService
+from backend.reloader import HeadReloader
+from backend.settings import Settings
+from training.import_export import corrections_from_tasks
+from training.redis_conn import connect, release
+from training.registry import ModelRegistry
+from training.retrain import share_pipeline
+from training.scheduler import RetrainPolicy, RetrainScheduler
+from training.store import CorrectionStore
+from training.worker import ThreadWorker, run_in_thread
+
+logger = logging.getLogger(__name__)
+
+#: Settings never copied into job arguments (rq stores them in Redis).
+SECRET_FIELDS = frozenset(
+    {"label_studio_api_key", "basic_auth_user", "basic_auth_pass", "webhook_secret", "redis_url"}
+)
+
+
+def _project_id(payload: dict[str, Any]) -> str | None:
+    """Label Studio names the project as an object, an id or ``"<id>.<timestamp>"``."""
+    project = payload.get("project")
+    if isinstance(project, dict):
+        project = project.get("id")
+    if project is None and isinstance(payload.get("annotation"), dict):
+        project = payload["annotation"].get("project")
+    return str(project).split(".", 1)[0] if project not in (None, "") else None
+
+
+class CorrectionLoop:
+    def __init__(self, settings: Settings, model: ModelService, events: EventLog) -> None:
+        self.settings = settings
+        self.model = model
+        self.connection = connect(settings.redis_url, settings.model_dir)
+        self.store = CorrectionStore(self.connection)
+        self.registry = ModelRegistry(settings.model_dir, self.connection)
+        self.scheduler = RetrainScheduler(
+            self.connection,
+            self.store,
+            RetrainPolicy(every=settings.retrain_every, interval=settings.retrain_interval),
+            job_kwargs=self._job_kwargs(),
+        )
+        self.pump = EventPump(events, self.apply)
+        self.reloader = HeadReloader(
+            model, self.registry, self.connection, poll=settings.reload_poll
+        )
+        self.worker: ThreadWorker | None = None
+        self._worker_thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+
+    def apply(self, payload: dict[str, Any]) -> None:
+        """One webhook event into the store, then let the scheduler decide."""
+        action = str(payload.get("action", ""))
+        project_id = _project_id(payload)
+        if action == "START_TRAINING" and payload.get("tasks") is not None:
+            outcome = self._import_tasks(payload, project_id)
+        else:
+            outcome = self.store.apply_event(
+                payload,
+                category_key=self.settings.category_key,
+                default_category=self.settings.default_category,
+            )
+        logger.info("event %s → %s (project %s)", action, outcome, project_id)
+        if outcome != "unchanged":
+            self.scheduler.on_event(action, project_id)
+
+    def _import_tasks(self, payload: dict[str, Any], project_id: str | None) -> str:
+        """Label Studio's legacy ``/train`` sends every annotated task: upsert them first."""
+        if project_id is None:
+            raise ValueError("training request names no project")
+        project = payload.get("project")
+        config = project.get("label_config") if isinstance(project, dict) else None
+        corrections = corrections_from_tasks(
+            payload["tasks"], project_id, config, self.settings.category_key,
+            self.settings.default_category, source="/train request",
+        )  # fmt: skip
+        new = sum(self.store.upsert(c) for c in corrections)
+        logger.info("/train: %d annotation(s), %d new or changed", len(corrections), new)
+        return "imported"
+
+    def start(self) -> None:
+        self.pump.start()
+        self.reloader.start()
+        if self.settings.retrain_interval > 0:
+            threading.Thread(target=self.scheduler.run_interval_loop, daemon=True).start()
+        inprocess = self.settings.inprocess_worker
+        if inprocess or (inprocess is None and not self.settings.redis_url):
+            threading.Thread(target=self._start_worker, name="worker-start", daemon=True).start()
+
+    def stop(self) -> None:
+        """Stop every thread, then let go of Redis (an embedded server stops here, saving)."""
+        self._stopping.set()
+        self.pump.stop()
+        self.reloader.stop()
+        self.scheduler.stop()
+        if self.worker is not None:
+            self.worker.stop()
+            if self._worker_thread is not None:
+                self._worker_thread.join(timeout=5)
+        release(self.connection)
+
+    def _start_worker(self) -> None:
+        """Once the model is loaded, lend it to retraining jobs and start the worker."""
+        try:
+            pipeline = self.model.wait(timeout=24 * 3600)
+        except Exception as exc:
+            logger.error("in-process worker not started: %s", exc)
+            return
+        kwargs = self._job_kwargs()
+        share_pipeline(kwargs["preset"], kwargs["pipeline_overrides"], pipeline)
+        if not self._stopping.is_set():  # the backend may have shut down while loading
+            self.worker, self._worker_thread = run_in_thread(self.connection)
+
+    def _job_kwargs(self) -> dict[str, Any]:
+        """What a retrain job needs; no secrets (jobs sit in Redis): workers read their own env."""
+        s = self.settings
+        overrides = {"device": s.device, **s.pipeline_overrides}
+        fetch = {k: (str(v) if hasattr(v, "__fspath__") else v)
+                 for k, v in dataclasses.asdict(s).items() if k not in SECRET_FIELDS}  # fmt: skip
+        return {
+            "model_dir": str(s.model_dir),
+            "preset": s.preset,
+            "pipeline_overrides": overrides,
+            "settings": fetch,
+            "epochs": s.retrain_epochs,
+            "holdout": s.retrain_holdout,
+            "base_data": list(s.base_data) or None,
+        }

@@ -1,0 +1,179 @@
+"""Hot reload: every backend process follows the registry's serving head, without a restart.
+
+A promotion is announced on Redis pub/sub (and kept in the registry's pointer file); this
+thread loads the new head in the background, validates it on the live backbone, and swaps it in
+with one assignment, so requests in flight finish on the head they started with. Only the head
+reloads: CLIP, SAM and the feature cache stay as they are. The pointer is also re-read every
+``poll`` seconds, so a missed message (Redis restarting) only delays the swap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+from pathlib import Path
+
+import redis
+import torch
+
+from backend.model import ModelService
+from clipsam import Pipeline
+from clipsam.heads import AnomalyHead, load_head
+from training.registry import HEAD_FILE, SERVING_FILE, ModelRegistry, UnknownVersionError
+
+logger = logging.getLogger(__name__)
+
+
+class HeadReloader:
+    def __init__(
+        self,
+        model: ModelService,
+        registry: ModelRegistry,
+        connection: redis.Redis | None,
+        prefix: str = "clipsam",
+        poll: float = 5.0,
+    ) -> None:
+        self.model = model
+        self.registry = registry
+        self.connection = connection
+        self.channel = f"{prefix}:head_promotions"
+        self.prefix = prefix
+        self.poll = poll
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.last_error: str | None = None
+        self._failed: str | None = None
+        self._thread: threading.Thread | None = None
+        self._pubsub: redis.client.PubSub | None = None
+        self._loaded: set[str] = set()  # versions this process hot-reloaded
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="head-reloader", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop following promotions; closing the subscription wakes the blocked reader."""
+        self._stop.set()
+        _close(self._pubsub)
+        if self._thread is not None:
+            self._thread.join(timeout=self.poll + 2)
+
+    def sync(self) -> bool:
+        """Serve the registry's serving head if it is not served yet; True when swapped."""
+        if not self.model.ready:
+            return False
+        pipeline = self.model.wait(0)
+        version = self._serving_version()
+        if version is None:
+            return self._back_to_training_free(pipeline)
+        if version in (pipeline.head.version, self._failed):
+            return False  # already served, or known not to load (reported once, not per poll)
+        with self._lock:
+            try:
+                head = load_head(self._local_file(version), pipeline.clip.backbone_id)
+                validate_head(pipeline, head)
+            except Exception as exc:
+                self._failed = version
+                self.last_error = f"head {version} not loaded: {exc}"
+                logger.error("%s", self.last_error)
+                return False
+            previous = pipeline.head.version
+            pipeline.set_head(head)
+            self._loaded.add(version)
+            self.last_error = None
+            logger.info("hot-reloaded head %s (was %s)", head.version, previous)
+            return True
+
+    def _serving_version(self) -> str | None:
+        """The registry's pointer; on a machine without that MODEL_DIR, Redis's copy of it."""
+        serving = self.registry.serving()
+        if serving is not None:
+            return serving.version
+        pointer = self.registry.heads_dir / SERVING_FILE
+        if self.connection is None or pointer.exists():
+            return None
+        try:
+            raw = self.connection.get(self.registry.serving_key)
+        except redis.exceptions.RedisError:
+            return None
+        version = json.loads(raw).get("version") if raw else None
+        return version if isinstance(version, str) else None
+
+    def _back_to_training_free(self, pipeline: Pipeline) -> bool:
+        """After a rollback past the first promotion; a head given by CLIPSAM_HEAD stays."""
+        if pipeline.head.kind == "none":
+            return False
+        if pipeline.head.version not in self._loaded:
+            try:
+                self.registry.get(pipeline.head.version)
+            except UnknownVersionError:
+                return False  # not a registry head: CLIPSAM_HEAD chose it
+        with self._lock:
+            previous = pipeline.head.version
+            pipeline.set_head(pipeline.new_head(kind="none"))
+        logger.info("serving the training-free head again (was %s)", previous)
+        return True
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if self._pubsub is None and self.connection is not None:
+                    self._pubsub = self.connection.pubsub(ignore_subscribe_messages=True)
+                    self._pubsub.subscribe(self.channel)
+                if self._pubsub is not None:
+                    message = self._pubsub.get_message(timeout=self.poll)
+                    if message is not None:
+                        logger.info("promotion announced: %s", message.get("data"))
+                else:
+                    self._stop.wait(self.poll)
+            except Exception as exc:  # Redis restarting, or stop() closed the subscription
+                if self._stop.is_set():
+                    break
+                logger.warning("promotion channel unavailable (%s); polling the registry", exc)
+                _close(self._pubsub)
+                self._pubsub = None
+                self._stop.wait(self.poll)
+            try:
+                self.sync()
+            except Exception:
+                logger.exception("head sync failed")
+        _close(self._pubsub)
+
+    def _local_file(self, version: str) -> Path:
+        """The head file; copied from Redis when the worker wrote it on another machine."""
+        local = self.registry.heads_dir / version / HEAD_FILE
+        if local.is_file() or self.connection is None:
+            return local
+        blob = self.connection.get(self.registry.blob_key(version))
+        if not isinstance(blob, bytes):
+            return local  # load_head then names the missing file
+        cache = self.registry.model_dir / "remote_heads" / version / HEAD_FILE
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_bytes(blob)
+        tmp.replace(cache)
+        return cache
+
+
+def _close(pubsub: redis.client.PubSub | None) -> None:
+    if pubsub is not None:
+        with contextlib.suppress(Exception):
+            pubsub.close()
+
+
+@torch.inference_mode()
+def validate_head(pipeline: Pipeline, head: AnomalyHead) -> None:
+    """A dry run on the live backbone's shapes: finite logits of the right shape, or an error."""
+    clip = pipeline.clip
+    tokens = clip.grid * clip.grid
+    features = {
+        "stages": torch.zeros(1, len(clip.config.layers), tokens, clip.width),
+        "global": torch.zeros(1, clip.embed_dim),
+        "vv": torch.zeros(1, tokens, clip.embed_dim),
+    }
+    text = torch.nn.functional.normalize(torch.ones(2, clip.embed_dim), dim=-1)
+    logits = head.eval()(features, text)
+    if logits.shape[-3:] != (2, clip.grid, clip.grid) or not torch.isfinite(logits).all():
+        raise ValueError(f"head produced invalid logits {tuple(logits.shape)}")
