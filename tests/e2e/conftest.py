@@ -251,6 +251,7 @@ _BACKEND_ENV_DROP = (
     "BASIC_AUTH_USER",
     "BASIC_AUTH_PASS",
     "LOCAL_FILES_DOCUMENT_ROOT",
+    "REDIS_URL",
 )
 
 
@@ -283,6 +284,10 @@ def backend(
         CLIPSAM_VERDICT_THRESHOLD="0.0",
         # Random tiny weights peak near 0.44 on these images, under the default tau 0.5.
         CLIPSAM_CONFIG=json.dumps({"tau": 0.4}),
+        # The embedded Redis and in-process worker; training only when Label Studio asks.
+        CLIPSAM_RETRAIN_EVERY="1000",
+        CLIPSAM_RETRAIN_EPOCHS="12",
+        CLIPSAM_RELOAD_POLL="1",
         LOG_LEVEL="DEBUG",
         CLIPSAM_OFFLINE="1",
         CLIPSAM_HOME=str(home),

@@ -220,6 +220,81 @@ def test_annotation_events_reach_backend(
     assert actions.index("ANNOTATION_CREATED") < actions.index("ANNOTATIONS_DELETED")
 
 
+def _brush_result(mask: np.ndarray) -> list[dict[str, Any]]:
+    height, width = mask.shape
+    brush = {
+        "from_name": "defects",
+        "to_name": "photo",
+        "type": "brushlabels",
+        "original_width": width,
+        "original_height": height,
+        "value": {"format": "rle", "rle": mask2rle(mask.astype(np.uint8) * 255),
+                  "brushlabels": ["Defect"]},
+    }  # fmt: skip
+    verdict = {"from_name": "verdict", "to_name": "photo", "type": "choices",
+               "value": {"choices": ["Defective"]}}  # fmt: skip
+    return [brush, verdict]
+
+
+def _wait(condition: Any, timeout: float, what: str, backend: BackendServer) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(1.0)
+    raise AssertionError(f"timed out waiting for {what}\n{backend.log_tail()}")
+
+
+def test_corrections_retrain_and_predictions_from_the_new_head(
+    label_studio: LabelStudioServer, image_server: ImageServer, backend: BackendServer, loop: Loop
+) -> None:
+    """Annotate → Start training → a promoted head → new model_version in Label Studio → new
+    predictions that differ from the first ones."""
+    ls = label_studio.client
+    first_version = backend.health()["model_version"]
+    first = {t: ls.predictions.list(task=t) for t in loop.sizes}
+    assert all(len(p) == 1 and p[0].model_version == first_version for p in first.values())
+
+    corrected = [synthetic_png(seed, SERVED_SIZE) for seed in range(10, 30)]
+    urls = [image_server.add(f"corrected_{i}.png", png) for i, (png, _) in enumerate(corrected)]
+    imported = ls.projects.import_tasks(
+        id=loop.project_id, request=[{"img": url} for url in urls], return_task_ids=True
+    )
+    assert imported.task_ids is not None and len(imported.task_ids) == len(corrected)
+    for task_id, (_, mask) in zip(imported.task_ids, corrected, strict=True):
+        ls.annotations.create(id=task_id, result=_brush_result(mask))
+
+    (ml,) = ls.ml.list(project=loop.project_id)
+    ls.ml.train(id=ml.id)
+    new_version = _wait(
+        lambda: (v := backend.health()["model_version"]) != first_version and v,
+        timeout=240, what="a promoted head", backend=backend,
+    )  # fmt: skip
+    assert new_version.startswith("clipsam-tiny-umci-"), new_version
+    _wait(
+        lambda: ls.ml.get(id=ml.id).model_version == new_version,
+        timeout=30, what="Label Studio to see the new model_version", backend=backend,
+    )  # fmt: skip
+
+    ls.actions.create(
+        id="retrieve_tasks_predictions",
+        project=loop.project_id,
+        selected_items={"all": False, "included": list(loop.sizes)},
+    )
+
+    def renewed() -> dict[int, Any]:
+        latest = {t: [p for p in ls.predictions.list(task=t) if p.model_version == new_version]
+                  for t in loop.sizes}  # fmt: skip
+        return {t: p[0] for t, p in latest.items() if p} if all(latest.values()) else {}
+
+    second = _wait(renewed, PREDICTION_TIMEOUT, "predictions of the new head", backend)
+    changed = [
+        t for t in loop.sizes
+        if second[t].score != first[t][0].score or second[t].result != first[t][0].result
+    ]  # fmt: skip
+    assert len(changed) == len(loop.sizes), (changed, second)
+
+
 def test_backend_log_is_clean(backend: BackendServer) -> None:
     """Nothing Label Studio sent made the backend raise."""
     assert backend.process.poll() is None, backend.log_tail()
