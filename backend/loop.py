@@ -13,7 +13,7 @@ import threading
 from typing import Any
 
 from backend.events import EventLog, EventPump
-from backend.model import ModelService
+from backend.model import ModelService, pipeline_overrides
 from backend.reloader import HeadReloader
 from backend.settings import Settings
 from training.import_export import corrections_from_tasks
@@ -129,7 +129,7 @@ class CorrectionLoop:
     def _job_kwargs(self) -> dict[str, Any]:
         """What a retrain job needs; no secrets (jobs sit in Redis): workers read their own env."""
         s = self.settings
-        overrides = {"device": s.device, **s.pipeline_overrides}
+        overrides = pipeline_overrides(s)
         fetch = {k: (str(v) if hasattr(v, "__fspath__") else v)
                  for k, v in dataclasses.asdict(s).items() if k not in SECRET_FIELDS}  # fmt: skip
         return {

@@ -17,6 +17,20 @@ class ModelNotReady(RuntimeError):
     """The pipeline is still loading, or failed to load (``error`` says why)."""
 
 
+def pipeline_overrides(settings: Settings) -> dict[str, object]:
+    """What every process of this deployment builds its pipeline with (backend and worker).
+
+    Frozen features go to ``MODEL_DIR/features``, shared by processes: a retrain reuses the
+    features that predictions computed, and a restarted backend starts warm.
+    """
+    overrides: dict[str, object] = {
+        "device": settings.device,
+        "cache_dir": str(settings.model_dir / "features"),
+    }
+    overrides.update(settings.pipeline_overrides)
+    return overrides
+
+
 def model_version(preset: str, head_version: str) -> str:
     """What Label Studio sees: a new head gives a new string, so tasks get re-predicted."""
     return f"clipsam-{preset}-{head_version}"
@@ -72,8 +86,7 @@ class ModelService:
             self._ready.set()
 
     def _load(self) -> Pipeline:
-        overrides: dict[str, object] = {"device": self.settings.device}
-        overrides.update(self.settings.pipeline_overrides)
+        overrides: dict[str, object] = pipeline_overrides(self.settings)
         if self.settings.head_path is not None:
             overrides["head_path"] = str(self.settings.head_path)
         return load_pipeline(self.settings.preset, **overrides)

@@ -17,6 +17,7 @@ Cases
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import os
 import platform
@@ -67,6 +68,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="torch device")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads(N)")
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        default="auto",
+        help="our backbones' precision (auto: bf16 on CUDA and bf16-capable CPUs); stock is fp32",
+    )
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=4,
+        metavar="N",
+        help="also time N new images in one predict call (throughput); 0 skips it",
+    )
     parser.add_argument("--category", default="widget", help="category word for the prompts")
     parser.add_argument(
         "--components",
@@ -179,6 +193,8 @@ class StockLoop:
         import open_clip
         from segment_anything import SamPredictor
 
+        from clipsam.sam_fast import disable_fast_attention
+
         assert pipeline.sam is not None
         self.pipeline, self.points, self.boxes = pipeline, points, boxes
         config = pipeline.clip.config
@@ -187,7 +203,10 @@ class StockLoop:
             config.image_size, is_train=False, resize_mode="squash"
         )
         self.tokenizer = open_clip.get_tokenizer(config.clip_model)
-        self.predictor = SamPredictor(self.pipeline.sam.sam)
+        # Stock segment-anything: its own attention (ours runs SDPA), fp32, no autocast.
+        stock_sam = copy.deepcopy(self.pipeline.sam.sam)
+        disable_fast_attention(stock_sam.image_encoder)
+        self.predictor = SamPredictor(stock_sam)
         self.indices = [layer - 1 for layer in config.layers]  # open_clip counts from 0
         self.own_components = 0  # components of the stock map, for the report
 
@@ -306,7 +325,9 @@ def run(args: argparse.Namespace) -> str:
         lines.append(text)
 
     start = time.perf_counter()
-    pipeline = clipsam.load_pipeline(args.arch, weights="random", head="umci", device=args.device)
+    pipeline = clipsam.load_pipeline(
+        args.arch, weights="random", head="umci", device=args.device, precision=args.precision
+    )
     load_s = time.perf_counter() - start
     if pipeline.sam is None:
         raise SystemExit(f"preset {args.arch!r} runs without SAM; nothing to compare")
@@ -344,7 +365,8 @@ def run(args: argparse.Namespace) -> str:
     say(f"- SAM backbone: `{info['sam_backbone']}`")
     say(f"- head: `{info['head']}` (random init, seed {pipeline.config.seed})")
     say(
-        f"- device: `{device}`, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"- device: `{device}`, precision `{info['precision']}` (stock: float32), "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{os.cpu_count()} CPUs, {platform.machine()}"
     )
     say(
@@ -396,6 +418,12 @@ def run(args: argparse.Namespace) -> str:
         )
     }
     stock_case, cold, text_cold, cached, clean = cases.values()
+    batch_case = Case(f"ours cold, {args.batch} new images in one call: per image")
+    batch_images = [
+        synthetic_image(args.size, args.category, seed=10 + i) for i in range(args.batch)
+    ]
+    if args.batch:
+        cases[batch_case.name] = batch_case
     sam_used: dict[str, bool] = {}
     stock_clock = Clock(device)
     for repeat in range(args.repeats):
@@ -417,6 +445,11 @@ def run(args: argparse.Namespace) -> str:
         (prediction,) = timed(clean, lambda: pipeline.predict([clean_image], args.category))
         sam_used[clean.name] = prediction.sam_used
         pipeline.config = tuned
+        if args.batch:
+            pipeline.cache.clear_memory()
+            predictions = timed(batch_case, lambda: pipeline.predict(batch_images, args.category))
+            batch_case.seconds[-1] /= args.batch
+            sam_used[batch_case.name] = any(p.sam_used for p in predictions)
     if not args.text_cold:
         text_cold.seconds = [cold.median + text_s]
         text_cold.calls = cold.calls

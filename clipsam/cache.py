@@ -6,6 +6,7 @@ an optional on-disk store of safetensors files (memory-mapped on read), shareabl
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -26,9 +27,16 @@ Entry = dict[str, Tensor]
 class FeatureCache:
     """Thread-safe LRU of tensor dicts with an optional disk tier under ``disk_dir``."""
 
-    def __init__(self, max_items: int = 64, disk_dir: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        max_items: int = 64,
+        disk_dir: str | Path | None = None,
+        max_disk_bytes: int | None = None,
+    ) -> None:
         self.max_items = max_items
         self.disk_dir = Path(disk_dir) if disk_dir else None
+        self.max_disk_bytes = max_disk_bytes
+        self._disk_bytes: int | None = None  # known after the first scan
         self._memory: OrderedDict[tuple[str, str], Entry] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
@@ -82,7 +90,10 @@ class FeatureCache:
         if path is None or not path.is_file():
             return None
         try:
-            return load_file(str(path))
+            entry = load_file(str(path))
+            with contextlib.suppress(OSError):
+                os.utime(path)  # recently used: pruned last
+            return entry
         except (SafetensorError, OSError) as exc:
             logger.warning("dropping unreadable cache file %s: %s", path, exc)
             path.unlink(missing_ok=True)
@@ -99,7 +110,43 @@ class FeatureCache:
             os.close(fd)
             save_file(entry, tmp, metadata={"namespace": namespace})
             os.replace(tmp, path)
+            self._account(path.stat().st_size)
         except OSError as exc:  # a full disk must not fail a prediction
             logger.warning("could not write cache file %s: %s", path, exc)
             if tmp is not None:
                 Path(tmp).unlink(missing_ok=True)
+
+    def _account(self, added: int) -> None:
+        """Keep the disk tier under ``max_disk_bytes``: drop least recently used files."""
+        if self.max_disk_bytes is None or self.disk_dir is None:
+            return
+        with self._lock:
+            if self._disk_bytes is None:
+                self._disk_bytes = sum(_stat(f)[1] for f in self._disk_files())
+            else:
+                self._disk_bytes += added
+            if self._disk_bytes <= self.max_disk_bytes:
+                return
+            files = sorted((_stat(f), f) for f in self._disk_files())  # oldest use first
+            total = sum(size for (_, size), _ in files)
+            target = int(self.max_disk_bytes * 0.9)  # some room, so we do not prune every write
+            for (_, size), file in files:
+                if total <= target:
+                    break
+                file.unlink(missing_ok=True)  # another process may have pruned it already
+                total -= size
+            self._disk_bytes = total
+        logger.info("feature cache pruned to %.1f GB under %s", total / 2**30, self.disk_dir)
+
+    def _disk_files(self) -> list[Path]:
+        assert self.disk_dir is not None
+        return [f for f in self.disk_dir.glob("*/*/*.safetensors") if f.is_file()]
+
+
+def _stat(path: Path) -> tuple[float, int]:
+    """(mtime, size); a file another process just pruned counts as empty."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return 0.0, 0
+    return info.st_mtime, info.st_size

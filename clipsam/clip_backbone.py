@@ -25,6 +25,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from clipsam.config import ClipConfig
+from clipsam.precision import autocast
 from clipsam.prompts import category_phrase, prompt_sentences
 from clipsam.weights import WeightSource
 
@@ -68,6 +69,8 @@ class ClipBackbone(nn.Module):
         self._text_cache: dict[tuple[str, tuple[str, ...]], Tensor] = {}
         self._text_lock = threading.Lock()
         self._text_key_locks: dict[tuple[str, tuple[str, ...]], threading.Lock] = {}
+        #: Set by the pipeline (``clipsam.precision``): image forwards run under this autocast.
+        self.autocast_dtype: torch.dtype | None = None
 
     @property
     def visual(self) -> Any:
@@ -91,6 +94,11 @@ class ClipBackbone(nn.Module):
 
     @torch.inference_mode()
     def encode_images(self, pixels: Tensor) -> dict[str, Tensor]:
+        with autocast(self.device, self.autocast_dtype):
+            out = self._encode_images(pixels)
+        return {name: tensor.float() for name, tensor in out.items()}
+
+    def _encode_images(self, pixels: Tensor) -> dict[str, Tensor]:
         visual = self.visual
         blocks = visual.transformer.resblocks
         taps = set(self.config.layers)

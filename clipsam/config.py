@@ -77,11 +77,17 @@ class PipelineConfig:
     #: Seed of the random backbone weights: same seed, same backbone in every process.
     seed: int = 0
     device: str = "auto"
+    #: Backbone precision: ``auto`` = bf16 on CUDA and on CPUs with native bf16, else fp32.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    #: SAM's encoder attention through SDPA with the rel-pos bias as its mask (same math).
+    fast_attention: bool = True
     batch_size: int = 8
     #: Image score = w · CLIP global score + (1 − w) · max of the final map (method spec §4).
     image_score_weight: float = 0.5
     cache_items: int = 64
     cache_dir: str | None = None
+    #: Size cap of the on-disk cache; the least recently used files go first.
+    cache_disk_gb: float = 20.0
     #: Frozen features are stored (and always read back) in this dtype, so cold == warm.
     cache_dtype: Literal["float16", "float32"] = "float16"
     head_path: str | None = None
@@ -104,6 +110,7 @@ PRESETS: dict[str, PipelineConfig] = {
         sam=SamConfig(sam_model="tiny"),
         weights="random",
         cache_dtype="float32",
+        precision="fp32",  # tests compare exact numbers across processes and runs
     ),
 }
 

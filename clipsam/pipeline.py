@@ -24,6 +24,7 @@ from clipsam.clip_backbone import ClipBackbone, build_clip
 from clipsam.config import HeadKind, PipelineConfig, config_to_dict, resolve_config
 from clipsam.heads import AnomalyHead, HeadMismatchError, build_head, coarse_map, load_head
 from clipsam.images import ImageInput, image_hash, load_image
+from clipsam.precision import autocast_dtype
 from clipsam.refine import Component, find_components, refine
 from clipsam.sam_backbone import SamBackbone, build_sam
 from clipsam.weights import WeightPaths, resolve_weights
@@ -118,6 +119,7 @@ class Pipeline:
             "head": self._head.kind,
             "head_version": self._head.version,
             "device": str(self.device),
+            "precision": str(self.clip.autocast_dtype or torch.float32).removeprefix("torch."),
             "config": config_to_dict(self.config),
         }
 
@@ -145,8 +147,10 @@ class Pipeline:
         if missing:
             embeddings = self.sam.embed([images[i] for i in missing])
             self.stats.sam_forwards += 1
+            dtype = getattr(torch, self.config.cache_dtype)
             for row, i in enumerate(missing):
-                found[i] = self.cache.put(namespace, hashes[i], {"embedding": embeddings[row]})
+                entry = {"embedding": embeddings[row].to(dtype)}
+                found[i] = self.cache.put(namespace, hashes[i], entry)
         return [entry["embedding"][None] for entry in found if entry is not None]
 
     # ---- prediction ------------------------------------------------------------------
@@ -255,16 +259,24 @@ def load_pipeline(preset: str | PipelineConfig = "paper", **overrides: Any) -> P
     device = _resolve_device(config.device)
     clip_weights, sam_weights = resolve_weights(config, paths)
     clip = build_clip(config.clip, clip_weights, config.seed)
-    sam = build_sam(config.sam, sam_weights, config.seed) if config.mmr.use_sam else None
+    sam = (
+        build_sam(config.sam, sam_weights, config.seed, config.fast_attention)
+        if config.mmr.use_sam
+        else None
+    )
     clip.to(device)
+    clip.autocast_dtype = autocast_dtype(config.precision, device)
     if sam is not None:
         sam.sam.to(device)
+        sam.autocast_dtype = clip.autocast_dtype
     head = (
         load_head(config.head_path, clip.backbone_id)
         if config.head_path is not None
         else fresh_head(config, clip, config.seed)
     )
-    cache = FeatureCache(config.cache_items, config.cache_dir)
+    cache = FeatureCache(
+        config.cache_items, config.cache_dir, max_disk_bytes=int(config.cache_disk_gb * 2**30)
+    )
     pipeline = Pipeline(config, clip, sam, head, cache, device)
     if config.weights == "random":
         logger.warning(

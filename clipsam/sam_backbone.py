@@ -23,6 +23,8 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from torch import Tensor
 
 from clipsam.config import SamConfig
+from clipsam.precision import autocast
+from clipsam.sam_fast import enable_fast_attention
 from clipsam.weights import WeightSource
 
 logger = logging.getLogger(__name__)
@@ -88,9 +90,12 @@ def build_sam_model(arch: SamArch) -> Sam:
 class SamBackbone:
     """Image embeddings (batched) and prompt decoding (batched over prompts) for one SAM."""
 
-    def __init__(self, sam: Sam, backbone_id: str) -> None:
+    def __init__(self, sam: Sam, backbone_id: str, fast_attention: bool = True) -> None:
         self.sam = sam.eval().requires_grad_(False)
         self.backbone_id = backbone_id
+        self.fast_attention = fast_attention and enable_fast_attention(sam.image_encoder) > 0
+        #: Set by the pipeline (``clipsam.precision``): the encoder runs under this autocast.
+        self.autocast_dtype: torch.dtype | None = None
         self.img_size = int(sam.image_encoder.img_size)
         self.transform = ResizeLongestSide(self.img_size)
 
@@ -109,7 +114,8 @@ class SamBackbone:
         for image in images:
             resized = torch.as_tensor(self.transform.apply_image(image), device=self.device)
             batch.append(self.sam.preprocess(resized.permute(2, 0, 1).float()))
-        return self.sam.image_encoder(torch.stack(batch))
+        with autocast(self.device, self.autocast_dtype):
+            return self.sam.image_encoder(torch.stack(batch)).float()
 
     @torch.inference_mode()
     def decode(
@@ -143,7 +149,7 @@ class SamBackbone:
             )
         sparse, dense = self.sam.prompt_encoder(points=point_arg, boxes=box_arg, masks=None)
         low_res, iou = self.sam.mask_decoder(
-            image_embeddings=embedding.to(self.device),
+            image_embeddings=embedding.to(self.device, torch.float32),
             image_pe=self.sam.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
@@ -156,7 +162,9 @@ class SamBackbone:
         return masks[:, 0] > self.sam.mask_threshold, iou.float()
 
 
-def build_sam(config: SamConfig, weights: WeightSource, seed: int) -> SamBackbone:
+def build_sam(
+    config: SamConfig, weights: WeightSource, seed: int, fast_attention: bool = True
+) -> SamBackbone:
     """Build SAM of ``config.sam_model`` size; load ``weights`` or seed randomly."""
     try:
         arch = SAM_ARCHS[config.sam_model]
@@ -171,4 +179,4 @@ def build_sam(config: SamConfig, weights: WeightSource, seed: int) -> SamBackbon
         logger.info("loading SAM weights from %s", weights.file)
         state_dict = torch.load(str(weights.file), map_location="cpu", weights_only=True)
         sam.load_state_dict(state_dict, strict=True)
-    return SamBackbone(sam, f"sam-{config.sam_model}/{weights.name}")
+    return SamBackbone(sam, f"sam-{config.sam_model}/{weights.name}", fast_attention)

@@ -52,3 +52,25 @@ def test_pipeline_with_disk_cache_skips_clip_in_a_new_process(make_tiny, tmp_pat
     got = second.predict([image], "bottle")[0].anomaly_map
     assert calls["clip_images"] == 0
     np.testing.assert_array_equal(got, expected)
+
+
+def test_disk_tier_keeps_under_its_size_cap_dropping_the_least_recently_used(tmp_path):
+    import os
+    import time
+
+    entry = {"x": torch.zeros(1000)}  # ~4 kB per file
+    cache = FeatureCache(max_items=1, disk_dir=tmp_path, max_disk_bytes=20_000)
+    for index in range(4):
+        cache.put("ns", f"k{index}", entry)
+    files = sorted(tmp_path.rglob("*.safetensors"))
+    assert len(files) == 4
+    old = time.time() - 100
+    for path in files:
+        os.utime(path, (old, old))
+    cache.clear_memory()
+    assert cache.get("ns", "k0") is not None  # read from disk: now the most recently used
+    for index in range(4, 7):
+        cache.put("ns", f"k{index}", entry)
+    kept = {p.stem for p in tmp_path.rglob("*.safetensors")}
+    assert sum(p.stat().st_size for p in tmp_path.rglob("*.safetensors")) <= 20_000
+    assert "k0" in kept and "k6" in kept and "k1" not in kept

@@ -1,0 +1,160 @@
+"""Frozen encoders, stock against our fast paths: seconds per image and numeric difference.
+
+SAM's image encoder: segment-anything's own attention vs SDPA with the rel-pos bias as mask
+(``clipsam.sam_fast``), each in fp32 and under bf16 autocast. CLIP: open_clip's
+``forward_intermediates`` vs our tapped forward (``ClipBackbone.encode_images``), fp32 and bf16.
+Random weights, one process, cases interleaved; prints a markdown table, never passes or fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter, description=__doc__
+    )
+    parser.add_argument("--arch", choices=("fast", "paper", "tiny"), default="fast")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--batch", type=int, default=1, help="images per forward")
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs per case (median)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads(N)")
+    parser.add_argument("--skip-clip", action="store_true", help="only the SAM encoder")
+    parser.add_argument("--out", type=Path, default=None, help="also write the table here")
+    return parser.parse_args(argv)
+
+
+def timed(
+    call: Callable[[], object], repeats: int, sync: Callable[[], None]
+) -> tuple[float, object]:
+    seconds, result = [], None
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        result = call()
+        sync()
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds), result
+
+
+def run(args: argparse.Namespace) -> str:
+    import torch
+
+    import clipsam
+    from clipsam.precision import autocast
+    from clipsam.sam_fast import disable_fast_attention
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    half = torch.bfloat16
+    pipeline = clipsam.load_pipeline(args.arch, weights="random", device=args.device,
+                                     precision="fp32")  # fmt: skip
+    assert pipeline.sam is not None
+    lines = [
+        f"# Encoders: `{args.arch}` preset, random weights, {device}, batch {args.batch}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "",
+        "| encoder | path | s / image | vs stock | max abs diff | rel. L2 diff |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+
+    def row(encoder: str, path: str, seconds: float, stock: float, diff: tuple[float, float]):
+        per_image = seconds / args.batch
+        lines.append(
+            f"| {encoder} | {path} | {per_image:.3f} | {stock / seconds:.2f}x "
+            f"| {diff[0]:.2e} | {diff[1]:.2e} |"
+        )
+        print(lines[-1], flush=True)
+
+    def difference(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+        a, b = a.float(), b.float()
+        return float((a - b).abs().max()), float((a - b).norm() / a.norm())
+
+    fast_encoder = pipeline.sam.sam.image_encoder
+    stock_encoder = copy.deepcopy(fast_encoder)
+    disable_fast_attention(stock_encoder)
+    size = pipeline.sam.img_size
+    pixels = torch.randn(args.batch, 3, size, size, device=device)
+    cases = {
+        "segment-anything, fp32 (stock)": (stock_encoder, None),
+        "segment-anything, bf16 autocast": (stock_encoder, half),
+        "SDPA + rel-pos mask, fp32": (fast_encoder, None),
+        "SDPA + rel-pos mask, bf16 autocast (ours)": (fast_encoder, half),
+    }
+    results: dict[str, tuple[float, torch.Tensor]] = {}
+    with torch.inference_mode():
+        for name, (encoder, dtype) in cases.items():
+
+            def call(encoder=encoder, dtype=dtype):  # type: ignore[no-untyped-def]
+                with autocast(device, dtype):
+                    return encoder(pixels)
+
+            call()  # warm-up (allocations, kernels)
+            results[name] = timed(call, args.repeats, sync)  # type: ignore[assignment]
+    stock_s, stock_out = results["segment-anything, fp32 (stock)"]
+    for name, (seconds, out) in results.items():
+        row(f"SAM {pipeline.config.sam.sam_model}", name, seconds, stock_s,
+            difference(stock_out, out))  # fmt: skip
+
+    if not args.skip_clip:
+        clip = pipeline.clip
+        indices = [layer - 1 for layer in clip.config.layers]
+        image_size = clip.config.image_size
+        pixels = torch.randn(args.batch, 3, image_size, image_size, device=device)
+        with torch.inference_mode():
+
+            def stock_clip():  # type: ignore[no-untyped-def]
+                out = clip.visual.forward_intermediates(pixels, indices=indices, output_fmt="NLC")
+                return torch.stack(out["image_intermediates"], dim=1)  # CLS already dropped
+
+            def ours(dtype):  # type: ignore[no-untyped-def]
+                clip.autocast_dtype = dtype
+                return clip.encode_images(pixels)["stages"]
+
+            stock_clip()
+            stock_s, stock_out = timed(stock_clip, args.repeats, sync)
+            clip_cases = {
+                "open_clip forward_intermediates, fp32 (stock)": (stock_s, stock_out),
+            }
+            for name, dtype in (("ours (SDPA, taps, vv), fp32", None),
+                                ("ours (SDPA, taps, vv), bf16 autocast", half)):  # fmt: skip
+                ours(dtype)
+                clip_cases[name] = timed(lambda dtype=dtype: ours(dtype), args.repeats, sync)
+        for name, (seconds, out) in clip_cases.items():
+            row(clip.config.clip_model, name, seconds, stock_s, difference(stock_out, out))
+    lines += [
+        "",
+        "Diffs are against the stock fp32 output of the same weights (SAM: the image embedding; "
+        "CLIP: the tapped stage tokens). Our CLIP row also computes the value-value tokens of "
+        "the last blocks, which the stock forward does not.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("CLIPSAM_OFFLINE", "1")
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    report = run(args)
+    print(report)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(report, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

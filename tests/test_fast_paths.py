@@ -1,0 +1,68 @@
+"""Fast paths compute what the stock code computes: SDPA attention in SAM, reduced precision."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from clipsam.precision import autocast_dtype, cpu_has_bf16
+from clipsam.sam_backbone import SAM_ARCHS, SamArch, build_sam_model
+from clipsam.sam_fast import disable_fast_attention, enable_fast_attention, sdpa_forward
+
+
+@pytest.mark.parametrize(
+    "arch",
+    [SAM_ARCHS["tiny"], SamArch(96, 3, 4, (2,), img_size=320)],  # windowed + global blocks
+    ids=["tiny", "3-blocks-320px"],
+)
+def test_sam_encoder_with_sdpa_matches_stock(arch):
+    torch.manual_seed(0)
+    stock = build_sam_model(arch).image_encoder
+    for block in stock.blocks:  # random rel-pos tables (zeros at init would hide a bias bug)
+        block.attn.rel_pos_h.data.normal_(0, 0.5)
+        block.attn.rel_pos_w.data.normal_(0, 0.5)
+    fast = copy.deepcopy(stock)
+    assert enable_fast_attention(fast) == arch.depth
+    pixels = torch.randn(2, 3, arch.img_size, arch.img_size)
+    with torch.inference_mode():
+        expected, got = stock(pixels), fast(pixels)
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4), (got - expected).abs().max()
+    disable_fast_attention(fast)
+    assert all("forward" not in b.attn.__dict__ for b in fast.blocks)
+
+
+def test_sdpa_attention_is_wired_into_the_pipelines_sam(make_tiny):
+    pipeline = make_tiny()
+    attn = pipeline.sam.sam.image_encoder.blocks[0].attn
+    assert attn.forward.__func__ is sdpa_forward
+    stock = make_tiny(fast_attention=False)
+    assert "forward" not in stock.sam.sam.image_encoder.blocks[0].attn.__dict__
+
+
+def test_precision_rules():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert autocast_dtype("fp32", cpu) is None
+    assert autocast_dtype("bf16", cpu) is torch.bfloat16
+    with pytest.raises(ValueError, match="CUDA"):
+        autocast_dtype("fp16", cpu)
+    assert autocast_dtype("fp16", cuda) is torch.float16
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    native = "avx512_bf16" in flags or "amx_bf16" in flags
+    assert cpu_has_bf16() is native
+    assert autocast_dtype("auto", cpu) is (torch.bfloat16 if native else None)
+
+
+def test_bf16_backbones_stay_close_to_fp32(make_tiny):
+    image = np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    fp32, bf16 = make_tiny(), make_tiny(precision="bf16")
+    assert fp32.info()["precision"] == "float32" and bf16.info()["precision"] == "bfloat16"
+    a, b = fp32.predict([image], "widget")[0], bf16.predict([image], "widget")[0]
+    assert np.abs(a.anomaly_map - b.anomaly_map).max() < 0.05
+    embeddings = [p.sam.embed([image]) for p in (fp32, bf16)]
+    assert embeddings[1].dtype == torch.float32  # cached features are always float
+    relative = (embeddings[0] - embeddings[1]).norm() / embeddings[0].norm()
+    assert 0 < relative < 0.02
