@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
-from fastapi import Depends, FastAPI, HTTPException, Request, status
+from fastapi import Depends, FastAPI, HTTPException, Request, Response, status
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel, ConfigDict, Field
 
+from backend import metrics
 from backend.events import EventLog
 from backend.fetch import ImageFetcher
 from backend.label_config import LabelConfigError, LabelSpec, parse_label_config
@@ -105,6 +106,8 @@ def create_app(settings: Settings | None = None, model: ModelService | None = No
             )
         return await call_next(request)
 
+    metrics_registry = metrics.install(app, settings, model, loop, STORED_ACTIONS)  # outermost
+
     @app.get("/")
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -142,8 +145,10 @@ def create_app(settings: Settings | None = None, model: ModelService | None = No
     def webhook(event: WebhookEvent) -> dict[str, str]:
         if event.action not in STORED_ACTIONS:
             logger.debug("webhook %s ignored", event.action)
+            metrics.webhook_event(metrics.OTHER)
             return {"status": "ignored"}
         events.record(event.action, event.model_dump(mode="json"))
+        metrics.webhook_event(event.action)
         return {"status": "ok"}
 
     @app.post("/train", dependencies=[Depends(require_auth)])
@@ -158,6 +163,7 @@ def create_app(settings: Settings | None = None, model: ModelService | None = No
             "tasks": request.annotations,
         }
         events.record("START_TRAINING", payload)
+        metrics.webhook_event("START_TRAINING")
         return {"status": "ok"}
 
     @app.get("/versions", dependencies=[Depends(require_auth)])
@@ -166,6 +172,11 @@ def create_app(settings: Settings | None = None, model: ModelService | None = No
         if loop is not None:
             names += [model_version(settings.preset, v.version) for v in loop.registry.versions()]
         return {"versions": list(dict.fromkeys(names))}
+
+    @app.get("/metrics", dependencies=[Depends(require_auth)], include_in_schema=False)
+    def prometheus_metrics() -> Response:
+        """Prometheus text format; behind basic auth like the rest (scrape with basic_auth)."""
+        return metrics.exposition(metrics_registry)
 
     return app
 

@@ -18,6 +18,7 @@ import numpy as np
 from backend.controls import to_results
 from backend.fetch import FetchError, ImageFetcher
 from backend.label_config import LabelSpec
+from backend.metrics import PREDICTED_TASKS
 from backend.model import ModelService, model_version
 from backend.settings import Settings
 
@@ -53,11 +54,13 @@ class TaskPredictor:
             if job.image is None:
                 logger.warning("task %s: no prediction: %s", job.task_id, job.error)
                 results[job.index] = self._empty(pipeline.head.version)
+                PREDICTED_TASKS.labels("failed").inc()
             else:
                 by_category.setdefault(job.category, []).append(job)
         for category, group in by_category.items():
             with self._pipeline_lock:
                 predictions = pipeline.predict([job.image for job in group], category)
+            PREDICTED_TASKS.labels("ok").inc(len(group))
             for job, prediction in zip(group, predictions, strict=True):
                 results[job.index] = {
                     "result": to_results(prediction, spec, self.settings.verdict_threshold),

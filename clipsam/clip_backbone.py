@@ -228,14 +228,23 @@ def build_clip(config: ClipConfig, weights: WeightSource, seed: int) -> ClipBack
     return ClipBackbone(model, config, backbone_id)
 
 
+def _not_from_open_clip(record: logging.LogRecord) -> bool:
+    return "open_clip" not in record.pathname
+
+
 @contextlib.contextmanager
 def _quiet_root_logger() -> Iterator[None]:
-    """open_clip warns on the root logger that it built random weights; we load them next."""
-    logging.disable(logging.WARNING)
+    """open_clip warns on the root logger that it built random weights; we load them next.
+
+    A filter on the root logger drops only open_clip's own records: ``logging.disable`` would
+    silence every thread of the process while the model loads.
+    """
+    root = logging.getLogger()
+    root.addFilter(_not_from_open_clip)
     try:
         yield
     finally:
-        logging.disable(logging.NOTSET)
+        root.removeFilter(_not_from_open_clip)
 
 
 def _load_clip_weights(model: nn.Module, path: Path) -> None:

@@ -71,6 +71,18 @@ def run_in_thread(
     return worker, thread
 
 
+def _configure_logging(level: str) -> None:
+    """Human lines, or one JSON object per line with ``LOG_FORMAT=json`` (as the backend)."""
+    if os.environ.get("LOG_FORMAT", "").strip().lower() == "json":
+        from backend.__main__ import JsonFormatter
+
+        handler = logging.StreamHandler()
+        handler.setFormatter(JsonFormatter())
+        logging.basicConfig(level=level, handlers=[handler])
+    else:
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m training.worker",
@@ -85,8 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", type=Path, default=default_dir)
     parser.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    _configure_logging(os.environ.get("LOG_LEVEL", "INFO").upper())
     connection = connect(args.redis_url, args.model_dir)
     worker = SimpleWorker([Queue(QUEUE_NAME, connection=connection)], connection=connection)
     import torch
