@@ -19,6 +19,8 @@ from label_studio_sdk.converter.brush import decode_rle, mask2rle
 from PIL import Image
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from tests.e2e.conftest import BackendServer, ImageServer, LabelStudioServer
 
 pytestmark = pytest.mark.labelstudio
@@ -293,6 +295,72 @@ def test_corrections_retrain_and_predictions_from_the_new_head(
         if second[t].score != first[t][0].score or second[t].result != first[t][0].result
     ]  # fmt: skip
     assert len(changed) == len(loop.sizes), (changed, second)
+
+
+def test_prelabel_output_imports_into_label_studio(
+    label_studio: LabelStudioServer,
+    image_server: ImageServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``python -m backend.prelabel`` on a folder writes a file Label Studio imports with its
+    predictions; on a project (``--push``) it stores the same predictions in the tasks."""
+    import json
+
+    from backend.prelabel import main as prelabel
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index, seed in enumerate((41, 42)):
+        png, _ = synthetic_png(seed, SERVED_SIZE)
+        (folder / f"prelabel_{index}.png").write_bytes(png)
+        image_server.add(f"prelabel_{index}.png", png)
+    config = tmp_path / "config.xml"
+    config.write_text(LABEL_CONFIG)
+    model = ["--preset", "tiny", "--config", '{"use_sam": false}', "--label-config", str(config),
+             "--model-dir", str(tmp_path / "model_dir"), "--quiet"]  # fmt: skip
+    out = tmp_path / "tasks.json"
+    code = prelabel([*model, "--folder", str(folder), "--category", "widget",
+                     "--url-prefix", f"{image_server.url}/", "--out", str(out)])  # fmt: skip
+    assert code == 0
+    tasks = json.loads(out.read_text())
+    by_image = {task["data"]["img"]: task for task in tasks}
+    assert sorted(by_image) == [f"{image_server.url}/prelabel_{i}.png" for i in (0, 1)]
+
+    ls = label_studio.client
+    imported_project = ls.projects.create(title="ClipSAM prelabel", label_config=LABEL_CONFIG)
+    assert imported_project.id is not None
+    imported = ls.projects.import_tasks(id=imported_project.id, request=tasks,
+                                        return_task_ids=True)  # fmt: skip
+    assert imported.task_ids is not None and len(imported.task_ids) == 2, imported
+    first: dict[str, Any] = {}
+    for task_id in imported.task_ids:
+        data = ls.tasks.get(id=task_id).data
+        written = by_image[data["img"]]["predictions"][0]
+        (stored,) = ls.predictions.list(task=task_id)
+        assert stored.model_version == written["model_version"] == "clipsam-tiny-zero-shot"
+        assert stored.score == pytest.approx(written["score"])
+        brushes = [r for r in stored.result if r["type"] == "brushlabels"]
+        assert brushes, stored.result
+        for item in brushes:
+            _check_brush(item, SERVED_SIZE[1], SERVED_SIZE[0])
+        first[data["img"]] = stored
+
+    # The project source: same images, fetched from their URLs, predictions pushed.
+    monkeypatch.setenv("CLIPSAM_ALLOWED_HOSTS", "127.0.0.1")
+    pushed_project = ls.projects.create(title="ClipSAM prelabel push", label_config=LABEL_CONFIG)
+    assert pushed_project.id is not None
+    plain = ls.projects.import_tasks(id=pushed_project.id, return_task_ids=True,
+                                     request=[{"data": task["data"]} for task in tasks])  # fmt: skip
+    assert plain.task_ids is not None and len(plain.task_ids) == 2
+    code = prelabel([*model, "--project", str(pushed_project.id), "--push",
+                     "--label-studio-url", label_studio.url, "--api-key", label_studio.token])  # fmt: skip
+    assert code == 0
+    for task_id in plain.task_ids:
+        (stored,) = ls.predictions.list(task=task_id)
+        twin = first[ls.tasks.get(id=task_id).data["img"]]
+        assert stored.model_version == twin.model_version
+        assert (stored.score, stored.result) == (twin.score, twin.result)
 
 
 def test_backend_log_is_clean(backend: BackendServer) -> None:

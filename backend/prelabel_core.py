@@ -1,0 +1,402 @@
+"""The work behind ``python -m backend.prelabel``: sources, chunks, rq fan-out, progress.
+
+:func:`predict_chunk` turns one chunk of images into Label Studio predictions. The CLI runs it
+in-process, or rq workers run it through :func:`predict_job`; both see the same chunk
+boundaries, so the output does not depend on where a chunk ran. :class:`ProgressLog` is the
+resumable record of finished items.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import numpy as np
+
+from backend.fetch import FetchError, ImageFetcher
+from backend.label_config import LabelSpec, parse_label_config
+from backend.settings import Settings
+from clipsam.images import ImageError, load_image
+
+if TYPE_CHECKING:  # torch and the backbones load when there is work, not for --help
+    from clipsam import Pipeline
+
+logger = logging.getLogger(__name__)
+
+QUEUE_NAME = "clipsam-prelabel"
+PROGRESS_FORMAT = "clipsam-prelabel-progress/1"
+#: Settings a job carries to its worker; credentials stay in each worker's own environment.
+FETCH_FIELDS = ("label_studio_url", "allowed_hosts", "local_files_root", "max_image_bytes",
+                "max_image_pixels", "fetch_timeout", "threads")  # fmt: skip
+JOB_TIMEOUT = 3600  # seconds for one chunk on one worker
+RESULT_TTL = 24 * 3600
+NO_WORKER_HINT = 60.0  # seconds a chunk may wait, with no worker listening, before a hint
+
+#: Pipelines loaded in this process (a worker keeps its model warm between jobs).
+_PIPELINES: dict[str, Pipeline] = {}
+
+Records = list[dict[str, Any]]
+
+
+class UsageError(Exception):
+    """Bad input: printed as one line, exit status 2."""
+
+
+class ProgressMismatch(UsageError):
+    """A progress file was written by a run with another model, config or label config."""
+
+
+@dataclass
+class Item:
+    """One image to pre-label; ``key`` names it in the progress file."""
+
+    key: str
+    data: dict[str, Any] = field(default_factory=dict)  # the task data written out
+    path: str | None = None  # a local file (folder and dataset sources)
+    ref: str | None = None  # what the task data points at
+    task_id: int | None = None  # project sources
+    category: str | None = None
+    missing: str = ""
+
+    def job(self) -> dict[str, Any]:
+        ref = self.ref if self.task_id is not None else None  # local files are read from disk
+        return {"key": self.key, "path": self.path, "ref": ref, "task_id": self.task_id,
+                "category": self.category, "missing": self.missing}  # fmt: skip
+
+
+# -- sources -------------------------------------------------------------------------------
+
+
+def dataset_items(spec: str, split: str, categories: list[str] | None, prefix: str | None
+                  ) -> list[Item]:  # fmt: skip
+    """Images of ``folder:``/``mvtec:``/``visa:``/``meta:`` in the reader's stable order."""
+    from clipsam.data import DatasetError, open_dataset
+
+    try:
+        samples = open_dataset(spec, split=split, categories=categories)
+    except (DatasetError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    if not samples:
+        raise UsageError(f"no images found in {spec}")
+    path = Path(spec.partition(":")[2].strip()).expanduser()
+    base = (path if path.is_dir() else path.parent).resolve()
+    items = []
+    for sample in samples:
+        image = sample.image_path.resolve()
+        items.append(Item(str(image), path=str(image), ref=_reference(image, base, prefix),
+                          category=sample.category or None))  # fmt: skip
+    return items
+
+
+def _reference(image: Path, base: Path, prefix: str | None) -> str:
+    if prefix is None:
+        return str(image)
+    if not image.is_relative_to(base):
+        raise UsageError(f"{image} is outside {base}: --url-prefix needs images under the source")
+    return prefix + quote(image.relative_to(base).as_posix())
+
+
+def project_items(
+    project: int, url: str | None, api_key: str | None
+) -> tuple[str, list[Item], Any]:
+    """A project's label config, its tasks (by id) and the SDK client that read them."""
+    import httpx
+    from label_studio_sdk import LabelStudio
+    from label_studio_sdk.core.api_error import ApiError
+
+    if not url or not api_key:
+        raise UsageError("--project needs --label-studio-url and --api-key "
+                         "(or LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY)")  # fmt: skip
+    client = LabelStudio(base_url=url.rstrip("/"), api_key=api_key, timeout=120.0)
+    try:
+        config = client.projects.get(id=project).label_config or ""
+        pages: Any = client.tasks.list(project=project, fields="task_only", page_size=500)
+        tasks: list[Any] = sorted(pages, key=lambda task: task.id)
+    except ApiError as exc:
+        raise UsageError(f"Label Studio at {url} answered {exc.status_code} for project "
+                         f"{project}: {str(exc.body)[:200]}") from None  # fmt: skip
+    except httpx.HTTPError as exc:
+        raise UsageError(f"cannot reach Label Studio at {url}: {exc}") from None
+    if not tasks:
+        raise UsageError(f"project {project} has no tasks")
+    items = [Item(f"task:{task.id}", data=dict(task.data or {}), task_id=task.id)
+             for task in tasks]  # fmt: skip
+    return config, items, client
+
+
+def bind_items(items: list[Item], spec: LabelSpec, category_key: str, category: str | None
+               ) -> None:  # fmt: skip
+    """Task data under the config's image key; for project tasks, the reference to fetch."""
+    for item in items:
+        if item.task_id is None:
+            item.data = {spec.data_key: item.ref}
+            if item.category:
+                item.data[category_key] = item.category
+            continue
+        ref = item.data.get(spec.data_key)
+        item.ref = ref if isinstance(ref, str) and ref else None
+        item.missing = f"task data has no image under {spec.data_key!r}"
+        value = item.data.get(category_key)
+        item.category = str(value) if value not in (None, "") else category
+
+
+# -- prediction ----------------------------------------------------------------------------
+
+
+def predict_chunk(
+    pipeline: Pipeline, fetcher: ImageFetcher, settings: Settings, spec: LabelSpec,
+    items: list[dict[str, Any]], verdict_threshold: float, preset: str,
+) -> Records:  # fmt: skip
+    """One record per item, in order: ``{"key", "prediction"}`` or ``{"key", "error"}``.
+
+    Items (:meth:`Item.job`) name a local file or a task-data reference, fetched like the
+    backend fetches it; a broken image fails only its own item.
+    """
+    from backend.controls import to_results
+    from backend.model import model_version
+
+    threads = max(1, min(len(items), settings.threads))
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="prelabel-fetch") as pool:
+        loaded = list(pool.map(lambda item: _load(item, fetcher, settings), items))
+    records: Records = [{} for _ in items]
+    groups: dict[str | None, list[int]] = {}
+    for index, (item, (image, error)) in enumerate(zip(items, loaded, strict=True)):
+        if image is None:
+            records[index] = {"key": item["key"], "error": error}
+        else:
+            groups.setdefault(item.get("category") or None, []).append(index)
+    for category, indices in groups.items():
+        predictions = pipeline.predict([loaded[i][0] for i in indices], category)
+        for index, prediction in zip(indices, predictions, strict=True):
+            records[index] = {"key": items[index]["key"], "prediction": {
+                "model_version": model_version(preset, prediction.head_version),
+                "score": round(float(prediction.score), 4),
+                "result": to_results(prediction, spec, verdict_threshold),
+            }}  # fmt: skip
+    return records
+
+
+def _load(item: dict[str, Any], fetcher: ImageFetcher, settings: Settings
+          ) -> tuple[np.ndarray | None, str]:  # fmt: skip
+    try:
+        if item.get("path"):
+            return load_image(Path(item["path"]), max_pixels=settings.max_image_pixels), ""
+        if not item.get("ref"):
+            return None, item.get("missing") or "no image reference"
+        return fetcher.fetch(item["ref"], task_id=item.get("task_id")), ""
+    except (FetchError, ImageError) as exc:
+        return None, str(exc)
+
+
+def predict_job(items: list[dict[str, Any]], options: dict[str, Any]) -> Records:
+    """rq entry point (queue ``clipsam-prelabel``): predict one chunk with this worker's model."""
+    from clipsam import load_pipeline
+
+    key = json.dumps([options["preset"], options["overrides"]], sort_keys=True, default=str)
+    if key not in _PIPELINES:
+        _PIPELINES[key] = load_pipeline(options["preset"], **options["overrides"])
+    spec = parse_label_config(options["label_config"], options.get("defect_label"))
+    settings = fetch_settings(options.get("fetch") or {})
+    with ImageFetcher(settings) as fetcher:
+        return predict_chunk(_PIPELINES[key], fetcher, settings, spec, items,
+                             options["verdict_threshold"], options["preset"])  # fmt: skip
+
+
+def fetch_settings(values: dict[str, Any], api_key: str | None = None) -> Settings:
+    """This environment's settings with the run's fetch options on top. The API key comes from
+    the environment unless given: a job never carries it, rq keeps job arguments in Redis."""
+    env = Settings.from_env()
+    clean = {k: v for k, v in values.items() if k in FETCH_FIELDS and v is not None}
+    if "allowed_hosts" in clean:
+        clean["allowed_hosts"] = tuple(clean["allowed_hosts"])
+    if "local_files_root" in clean:
+        clean["local_files_root"] = Path(clean["local_files_root"])
+    if api_key is not None:
+        clean["label_studio_api_key"] = api_key
+    return dataclasses.replace(env, **clean)
+
+
+# -- rq fan-out ----------------------------------------------------------------------------
+
+
+def run_on_workers(
+    chunks: list[list[Item]], options: dict[str, Any], workers: int, redis_url: str | None,
+    model_dir: Path, finish: Callable[[Records], None],
+) -> None:  # fmt: skip
+    """Enqueue chunks (2 per worker ahead), hand results to ``finish`` in chunk order."""
+    import redis
+    from rq import Queue, Worker
+
+    from training.redis_conn import connect, release
+
+    try:
+        connection = connect(redis_url, model_dir)
+        connection.ping()
+    except redis.exceptions.RedisError as exc:
+        raise UsageError(f"cannot reach Redis ({redis_url or 'embedded'}): {exc}") from None
+    queue = Queue(QUEUE_NAME, connection=connection)
+    pending: deque = deque()
+    todo = iter(chunks)
+    try:
+        while True:
+            while len(pending) < 2 * workers and (chunk := next(todo, None)) is not None:
+                pending.append(queue.enqueue_call(
+                    predict_job, kwargs={"items": [i.job() for i in chunk], "options": options},
+                    timeout=JOB_TIMEOUT, result_ttl=RESULT_TTL, failure_ttl=RESULT_TTL,
+                    description=f"prelabel {len(chunk)} images",
+                ))  # fmt: skip
+            if not pending:
+                return
+            records = _collect(pending[0], lambda: Worker.count(queue=queue))
+            pending.popleft().delete()
+            finish(records)
+    finally:
+        for job in pending:  # stopped early: take back what no worker should start now
+            with contextlib.suppress(Exception):
+                job.cancel()
+            with contextlib.suppress(Exception):
+                job.delete()
+        release(connection)
+
+
+def _collect(job: Any, count_workers: Callable[[], int]) -> Records:
+    from rq.results import Result
+
+    started = time.monotonic()
+    hinted = False
+    while True:
+        result = job.latest_result(timeout=2)
+        if result is not None and result.type == Result.Type.SUCCESSFUL:
+            return list(result.return_value)
+        if result is not None and result.type != Result.Type.RETRIED:
+            reason = (result.exc_string or "").strip().splitlines()[-1:] or ["stopped"]
+            raise RuntimeError(f"rq job {job.id} failed on its worker: {reason[0]}")
+        if job.get_status(refresh=True) is None:
+            raise RuntimeError(f"rq job {job.id} vanished from Redis")
+        if not hinted and time.monotonic() - started > NO_WORKER_HINT and not count_workers():
+            logger.warning("no rq worker listens on %s; start some with: "
+                           "python -m backend.prelabel --worker", QUEUE_NAME)  # fmt: skip
+            hinted = True
+
+
+def run_worker(redis_url: str | None, model_dir: Path, burst: bool = False) -> int:
+    """An rq worker for ``clipsam-prelabel``, keeping its model loaded between chunks."""
+    from rq import Queue, SimpleWorker
+
+    from training.redis_conn import connect, release
+
+    connection = connect(redis_url, model_dir)
+    try:
+        worker = SimpleWorker([Queue(QUEUE_NAME, connection=connection)], connection=connection)
+        worker.work(burst=burst, with_scheduler=False)
+    finally:
+        release(connection)
+    return 0
+
+
+# -- progress ------------------------------------------------------------------------------
+
+
+class ProgressLog:
+    """``OUT.progress.jsonl``: a header naming the run, then one fsynced line per finished item.
+
+    A crash can at worst tear the last line; it is dropped on the next open, so that item is
+    simply predicted again. A header from another run (model, config, label config) is refused
+    rather than mixing two models' predictions in one file.
+    """
+
+    def __init__(self, path: Path, fingerprint: dict[str, Any], fresh: bool = False) -> None:
+        self.path = path
+        self.fingerprint = fingerprint
+        self.done: dict[str, dict[str, Any]] = {}
+        if fresh:
+            path.unlink(missing_ok=True)
+        if path.exists() and path.stat().st_size:
+            self._resume()
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            header = {"format": PROGRESS_FORMAT, "run": fingerprint}
+            path.write_text(json.dumps(header, sort_keys=True) + "\n", encoding="utf-8")
+            _fsync(path)
+            _fsync(path.parent)
+        self._file = path.open("a", encoding="utf-8")
+
+    def _resume(self) -> None:
+        raw = self.path.read_bytes()
+        good = raw[: raw.rfind(b"\n") + 1]  # a torn last line never reached fsync: drop it
+        lines = good.decode("utf-8", "replace").splitlines()
+        try:
+            header = json.loads(lines[0]) if lines else {}
+        except json.JSONDecodeError:
+            header = {}
+        if not isinstance(header, dict) or header.get("format") != PROGRESS_FORMAT:
+            raise ProgressMismatch(f"{self.path} is not a prelabel progress file")
+        run = header.get("run") or {}
+        if run != self.fingerprint:
+            changed = sorted(k for k in {*run, *self.fingerprint}
+                             if run.get(k) != self.fingerprint.get(k))  # fmt: skip
+            raise ProgressMismatch(
+                f"{self.path} holds predictions of another run (differs in: "
+                f"{', '.join(changed)}); pass --fresh to start over or choose another --out"
+            )
+        for line in lines[1:]:
+            record = json.loads(line)
+            self.done[record["key"]] = record["prediction"]
+        if len(good) < len(raw):
+            logger.warning("dropping a torn last line of %s", self.path)
+            with self.path.open("r+b") as handle:
+                handle.truncate(len(good))
+                os.fsync(handle.fileno())
+
+    def append(self, records: Iterable[dict[str, Any]]) -> None:
+        """Record finished items durably (one fsync per call)."""
+        lines = [{"key": r["key"], "prediction": r["prediction"]} for r in records]
+        if not lines:
+            return
+        for line in lines:
+            self._file.write(json.dumps(line, separators=(",", ":")) + "\n")
+            self.done[line["key"]] = line["prediction"]
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def write_tasks_atomic(path: Path, tasks: list[dict[str, Any]]) -> None:
+    """A JSON list, one task per line, written to a temp file, fsynced, renamed over ``path``:
+    a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with temp.open("w", encoding="utf-8") as handle:
+            handle.write("[\n" + ",\n".join(json.dumps(t, separators=(",", ":")) for t in tasks))
+            handle.write("\n]\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    _fsync(path.parent)
+
+
+def _fsync(path: Path) -> None:
+    """Make a file's contents, or a folder's entries, durable."""
+    flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0)
+    with contextlib.suppress(OSError):
+        descriptor = os.open(path, flags)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
