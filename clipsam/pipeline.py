@@ -24,7 +24,7 @@ from clipsam.clip_backbone import ClipBackbone, build_clip
 from clipsam.config import HeadKind, PipelineConfig, config_to_dict, resolve_config
 from clipsam.heads import AnomalyHead, HeadMismatchError, build_head, coarse_map, load_head
 from clipsam.images import ImageInput, image_hash, load_image
-from clipsam.precision import autocast_dtype
+from clipsam.precision import autocast, autocast_dtype
 from clipsam.refine import Component, find_components, refine
 from clipsam.sam_backbone import SamBackbone, build_sam
 from clipsam.weights import WeightPaths, resolve_weights
@@ -182,8 +182,9 @@ class Pipeline:
         batch = {
             name: torch.stack([f[name] for f in features]).to(self.device) for name in features[0]
         }
-        with torch.inference_mode():
-            return coarse_map(head(batch, text), self.clip.config.image_size)
+        with torch.inference_mode(), autocast(self.device, self.clip.autocast_dtype):
+            logits = head(batch, text)
+        return coarse_map(logits.float(), self.clip.config.image_size)
 
     def _predict_chunk(
         self, images: list[np.ndarray], head: AnomalyHead, text: Tensor

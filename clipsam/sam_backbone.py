@@ -148,13 +148,15 @@ class SamBackbone:
                 device=self.device,
             )
         sparse, dense = self.sam.prompt_encoder(points=point_arg, boxes=box_arg, masks=None)
-        low_res, iou = self.sam.mask_decoder(
-            image_embeddings=embedding.to(self.device, torch.float32),
-            image_pe=self.sam.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=multimask,
-        )
+        with autocast(self.device, self.autocast_dtype):
+            low_res, iou = self.sam.mask_decoder(
+                image_embeddings=embedding.to(self.device, torch.float32),
+                image_pe=self.sam.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask,
+            )
+        low_res, iou = low_res.float(), iou.float()
         best = iou.argmax(dim=1)
         rows = torch.arange(len(best), device=best.device)
         low_res, iou = low_res[rows, best][:, None], iou[rows, best]
