@@ -96,8 +96,13 @@ class CorrectionLoop:
     def start(self) -> None:
         self.pump.start()
         self.reloader.start()
-        if self.settings.retrain_interval > 0:
-            threading.Thread(target=self.scheduler.run_interval_loop, daemon=True).start()
+        period = min(30.0, self.settings.retrain_interval or 30.0)
+        threading.Thread(
+            target=self.scheduler.run_interval_loop,
+            args=(period,),
+            name="retrain-tick",
+            daemon=True,
+        ).start()
         inprocess = self.settings.inprocess_worker
         if inprocess or (inprocess is None and not self.settings.redis_url):
             threading.Thread(target=self._start_worker, name="worker-start", daemon=True).start()

@@ -58,24 +58,38 @@ class RetrainScheduler:
         if not project:
             return None
         if action == "START_TRAINING":
-            return self.enqueue(project, "requested from Label Studio")
+            job = self.enqueue(project, "requested from Label Studio")
+            if job is None:  # one is running: remember the request for when it is done
+                self.connection.set(self._requested_key(project), 1)
+            return job
         pending = self.store.pending(project)
         if self.policy.every > 0 and pending >= self.policy.every:
             return self.enqueue(project, f"{pending} new corrections")
         return None
 
     def tick(self) -> list[Job]:
-        """Interval policy: projects with pending corrections whose last run is old enough."""
-        if self.policy.interval <= 0:
-            return []
+        """Catch up on what events alone would leave waiting, per project.
+
+        A request or N corrections that arrived while that project's job was running (it took
+        in only what was there when it started), and the interval policy.
+        """
         jobs = []
         now = time.time()
         for project in self.store.projects():
+            pending = self.store.pending(project)
             last = float(self.connection.get(self._last_key(project)) or 0)
-            if self.store.pending(project) > 0 and now - last >= self.policy.interval:
-                job = self.enqueue(project, f"interval of {self.policy.interval:.0f} s")
-                if job is not None:
-                    jobs.append(job)
+            if self.connection.exists(self._requested_key(project)):
+                reason = "requested from Label Studio during the last run"
+            elif self.policy.every > 0 and pending >= self.policy.every:
+                reason = f"{pending} new corrections"
+            elif self.policy.interval > 0 and pending > 0 and now - last >= self.policy.interval:
+                reason = f"interval of {self.policy.interval:.0f} s"
+            else:
+                continue
+            job = self.enqueue(project, reason)
+            if job is not None:
+                self.connection.delete(self._requested_key(project))
+                jobs.append(job)
         return jobs
 
     def enqueue(self, project: str, reason: str) -> Job | None:
@@ -115,15 +129,20 @@ class RetrainScheduler:
         return running > grace and not self.connection.exists(alive_key(project))
 
     def run_interval_loop(self, period: float = 30.0) -> None:
-        """Background thread body for the interval policy."""
+        """Background thread body: :meth:`tick` every ``period`` seconds."""
         while not self._stop.wait(period):
             try:
                 self.tick()
             except redis.exceptions.RedisError as exc:
-                logger.warning("retrain interval check skipped: %s", exc)
+                logger.warning("retrain check skipped: %s", exc)
+            except Exception:  # the loop must outlive any surprise
+                logger.exception("retrain check failed")
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _requested_key(self, project: str) -> str:
+        return f"{self.prefix}:project:{project}:retrain_requested"
 
     def _last_key(self, project: str) -> str:
         return f"{self.prefix}:project:{project}:last_retrain"

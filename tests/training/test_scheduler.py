@@ -83,3 +83,23 @@ def test_a_started_job_without_heartbeat_is_replaced(redis_server, monkeypatch):
     time.sleep(0.5)  # the heartbeat expired: its worker died
     replacement = scheduler.enqueue("3", "after the crash")
     assert replacement is not None and replacement.get_status() == JobStatus.QUEUED
+
+
+def test_what_arrives_during_a_run_is_caught_up_afterwards(redis_server):
+    store = _store_with(redis_server, 3)
+    scheduler = RetrainScheduler(redis_server, store, RetrainPolicy(every=3), job_kwargs={})
+    job = scheduler.on_event("ANNOTATION_CREATED", "3")
+    assert job is not None
+    job.set_status(JobStatus.STARTED)  # a worker took it
+    assert scheduler.on_event("START_TRAINING", "3") is None  # one per project...
+    assert scheduler.tick() == []  # ...and still running: nothing yet
+    job.set_status(JobStatus.FINISHED)
+    store.reset_pending("3", 3)  # what the finished job took in
+    (follow_up,) = scheduler.tick()  # the request made during the run
+    assert follow_up.kwargs["reason"] == "requested from Label Studio during the last run"
+    follow_up.set_status(JobStatus.FINISHED)
+    assert scheduler.tick() == []  # the request was served once
+    _store_with(redis_server, 6)  # 3 more corrections than the last run saw
+    follow_up.set_status(JobStatus.FINISHED)
+    (caught_up,) = scheduler.tick()
+    assert caught_up.kwargs["reason"] == "3 new corrections"
