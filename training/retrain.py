@@ -88,10 +88,25 @@ def heartbeat(connection: redis.Redis, project: str) -> Iterator[None]:
             connection.delete(key)
 
 
+def _bucket(annotation_id: int) -> int:
+    """A stable pseudo-random number in 0..999 per annotation id."""
+    return int(hashlib.blake2b(str(annotation_id).encode(), digest_size=4).hexdigest(), 16) % 1000
+
+
 def is_held_out(annotation_id: int, fraction: float) -> bool:
     """A stable slice of corrections that is never trained on, so promotion is judged fairly."""
-    bucket = int(hashlib.blake2b(str(annotation_id).encode(), digest_size=4).hexdigest(), 16)
-    return (bucket % 1000) < fraction * 1000
+    return _bucket(annotation_id) < fraction * 1000
+
+
+def split_corrections(
+    corrections: list[Correction], fraction: float
+) -> tuple[list[Correction], list[Correction]]:
+    """(train, held out); with ``fraction`` > 0 at least one is held out, so heads can be judged."""
+    held = [c for c in corrections if is_held_out(c.annotation_id, fraction)]
+    if not held and fraction > 0 and len(corrections) >= 2:
+        held = [min(corrections, key=lambda c: _bucket(c.annotation_id))]
+    held_ids = {c.annotation_id for c in held}
+    return [c for c in corrections if c.annotation_id not in held_ids], held
 
 
 def retrain_job(
@@ -142,8 +157,7 @@ def _retrain(
     pipeline = _pipeline(preset, overrides)
     fetcher = ImageFetcher(_settings(settings, model_dir))
     cache = Path(model_dir) / "images"
-    train_items = [c for c in corrections if not is_held_out(c.annotation_id, holdout)]
-    held_items = [c for c in corrections if is_held_out(c.annotation_id, holdout)]
+    train_items, held_items = split_corrections(corrections, holdout)
     train = _prepare(pipeline, train_items, fetcher, cache)
     held_out = _prepare(pipeline, held_items, fetcher, cache)
     if base_data:

@@ -95,3 +95,21 @@ def test_a_job_without_usable_corrections_changes_nothing(tmp_path, redis_server
     assert summary["status"] == "skipped" and "no usable corrections" in summary["reason"]
     assert ModelRegistry(tmp_path / "model_dir").versions() == []
     assert store.pending("3") == 0
+
+
+def test_a_small_project_still_holds_one_correction_out():
+    from training.corrections import Correction
+    from training.retrain import split_corrections
+
+    corrections = [
+        Correction(annotation_id=i, task_id=i, project="3", image=f"{i}.png", category=None,
+                   mask_rle=None)
+        for i in range(1, 11)
+    ]  # fmt: skip
+    assert not any(is_held_out(c.annotation_id, 0.02) for c in corrections)  # 2 % of 10: none
+    train, held = split_corrections(corrections, 0.02)
+    assert len(held) == 1 and len(train) == 9 and held[0] not in train
+    assert split_corrections(corrections, 0.02) == (train, held)  # stable
+    assert split_corrections(corrections, 0.0) == (corrections, [])  # opted out: none
+    alone_train, alone_held = split_corrections(corrections[:1], 0.02)
+    assert len(alone_train) + len(alone_held) == 1  # one correction is never in both
