@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -96,3 +99,13 @@ def annotation_event(
         "task": task,
         "annotation": annotation,
     }
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 60.0, what: str = "the condition"):
+    """Poll ``condition`` until it returns something truthy (returned), or fail after timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")

@@ -15,7 +15,7 @@ from backend.app import create_app
 from backend.model import ModelService
 from backend.settings import Settings
 from tests.backend.conftest import serve
-from tests.helpers import LABEL_CONFIG, annotation_event
+from tests.helpers import LABEL_CONFIG, annotation_event, wait_for
 from tests.redis_process import RedisProcess
 from training.scheduler import QUEUE_NAME
 from training.store import CorrectionStore
@@ -29,15 +29,6 @@ def _events(count: int, first: int = 1) -> list[dict]:
             mask[5 + aid % 20 : 15 + aid % 20, 10:30] = True
         events.append(annotation_event(aid, 1000 + aid, f"http://127.0.0.1:9/{aid}.png", mask))
     return events
-
-
-def _wait_for(condition, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _ids(store: CorrectionStore) -> list[int]:
@@ -62,7 +53,7 @@ def test_replays_are_stored_once_and_deletes_remove(embedded_redis, backend, tmp
     for event in events + events[:3]:  # Label Studio retries: the first three arrive twice
         assert client.post("/webhook", json=event).json() == {"status": "ok"}
     store = CorrectionStore(embedded_redis(tmp_path / "model_dir"))
-    _wait_for(lambda: len(_ids(store)) == 6, what="six corrections")
+    wait_for(lambda: len(_ids(store)) == 6, what="six corrections")
     record = store.get(2)
     assert record is not None and record.has_defect and record.mask().sum() == 200
     assert store.get(3) is not None and not store.get(3).has_defect  # kept: a good image
@@ -70,7 +61,7 @@ def test_replays_are_stored_once_and_deletes_remove(embedded_redis, backend, tmp
     deleted = {"action": "ANNOTATIONS_DELETED", "project": {"id": 3},
                "annotations": [{"id": 2}, {"id": 5}, {"id": 404}]}  # fmt: skip
     assert client.post("/webhook", json=deleted).status_code == 200
-    _wait_for(lambda: _ids(store) == [1, 3, 4, 6], what="the deletes")
+    wait_for(lambda: _ids(store) == [1, 3, 4, 6], what="the deletes")
     actions = [entry["action"] for _, entry in store.stream(count=100)]
     assert actions == ["upserted"] * 6 + ["deleted"] * 2  # replays changed nothing
     assert store.pending("3") == 8
@@ -87,7 +78,7 @@ def test_redis_killed_and_restarted_mid_stream_loses_nothing(
         with _backend(settings, blob_pipeline) as url, httpx.Client(base_url=url) as client:
             for event in events[:4]:
                 assert client.post("/webhook", json=event).status_code == 200
-            _wait_for(lambda: _ids(store) == [1, 2, 3, 4], what="the first four")
+            wait_for(lambda: _ids(store) == [1, 2, 3, 4], what="the first four")
 
             redis_server.kill()  # SIGKILL: only the fsynced append-only file survives
             for event in events[4:8]:  # Redis is down: accepted, spooled in the event log
@@ -96,7 +87,7 @@ def test_redis_killed_and_restarted_mid_stream_loses_nothing(
             redis_server.start()  # same port, same data folder
             for event in events[8:]:
                 assert client.post("/webhook", json=event).status_code == 200
-            _wait_for(lambda: _ids(store) == list(range(1, 13)), what="all twelve")
+            wait_for(lambda: _ids(store) == list(range(1, 13)), what="all twelve")
             assert [e["action"] for _, e in store.stream(count=100)] == ["upserted"] * 12
     finally:
         redis_server.kill()
@@ -117,7 +108,7 @@ def test_events_spooled_while_redis_is_down_survive_a_backend_restart(
     try:
         assert _ids(store) == []
         with _backend(settings, blob_pipeline):
-            _wait_for(lambda: _ids(store) == [1, 2, 3, 4, 5], what="the spooled events")
+            wait_for(lambda: _ids(store) == [1, 2, 3, 4, 5], what="the spooled events")
         with _backend(settings, blob_pipeline):  # a second restart replays nothing twice
             time.sleep(1.0)
         assert [e["action"] for _, e in store.stream(count=100)] == ["upserted"] * 5
@@ -132,7 +123,7 @@ def test_a_malformed_correction_is_set_aside_and_the_rest_flow(embedded_redis, b
     for event in [broken, *_events(2, first=8)]:
         assert client.post("/webhook", json=event).status_code == 200
     store = CorrectionStore(embedded_redis(tmp_path / "model_dir"))
-    _wait_for(lambda: _ids(store) == [8, 9], what="the good events")
+    wait_for(lambda: _ids(store) == [8, 9], what="the good events")
     rejected = (tmp_path / "model_dir" / "events" / "rejected.jsonl").read_text()
     assert "annotation 7" in rejected and "brush" in rejected
 
@@ -148,8 +139,8 @@ def test_legacy_train_request_imports_annotations_and_queues_a_retrain(
     assert client.post("/train", json=body).json() == {"status": "ok"}
     connection = embedded_redis(tmp_path / "model_dir")
     store = CorrectionStore(connection)
-    _wait_for(lambda: _ids(store) == [20, 21, 22, 23], what="the imported annotations")
-    job = _wait_for(lambda: Queue(QUEUE_NAME, connection=connection).fetch_job("retrain-3"),
+    wait_for(lambda: _ids(store) == [20, 21, 22, 23], what="the imported annotations")
+    job = wait_for(lambda: Queue(QUEUE_NAME, connection=connection).fetch_job("retrain-3"),
                     what="the queued retrain")  # fmt: skip
     assert job.kwargs["project"] == "3" and job.kwargs["reason"] == "requested from Label Studio"
     assert client.post("/train", json={"annotations": []}).status_code == 422  # no project

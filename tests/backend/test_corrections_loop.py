@@ -7,7 +7,6 @@ local HTTP, each with its true mask as a brush annotation.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ from backend.settings import Settings
 from clipsam.data import load_mask, make_synthetic_dataset, read_mvtec
 from clipsam.images import load_image
 from tests.backend.conftest import file_server, serve
-from tests.helpers import LABEL_CONFIG, annotation_event, count_backbone_calls
+from tests.helpers import LABEL_CONFIG, annotation_event, count_backbone_calls, wait_for
 from training.registry import ModelRegistry
 from training.retrain import is_held_out
 from training.store import CorrectionStore
@@ -71,16 +70,6 @@ def _model_version(client) -> str:
     ]
 
 
-def _wait_for(condition, timeout: float = 180.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _held_out_auroc(pipeline, items) -> float:
     predictions = pipeline.predict([i["image"] for i in items], "widget")
     maps = np.concatenate([p.anomaly_map.ravel() for p in predictions])
@@ -100,7 +89,7 @@ def test_corrections_retrain_promote_and_hot_reload(loop, corrected):
     client, pipeline = loop["client"], loop["pipeline"]
     held_out = [i for i in corrected if is_held_out(i["aid"], HOLDOUT)]
     assert sum(i["mask"].any() for i in held_out) >= 3, "the held-out slice needs defects"
-    _wait_for(lambda: client.get("/health").json()["ready"], what="the model")
+    wait_for(lambda: client.get("/health").json()["ready"], what="the model")
     first_version = _model_version(client)
     before = _held_out_auroc(pipeline, held_out)
     first_prediction = _predict(client, held_out[0])
@@ -109,8 +98,10 @@ def test_corrections_retrain_promote_and_hot_reload(loop, corrected):
     for item in corrected:
         assert client.post("/webhook", json=item["event"]).json() == {"status": "ok"}
 
-    new_version = _wait_for(
-        lambda: (v := _model_version(client)) != first_version and v, what="a promotion"
+    new_version = wait_for(
+        lambda: (v := _model_version(client)) != first_version and v,
+        timeout=180,
+        what="a promotion",
     )
     registry = ModelRegistry(loop["settings"].model_dir)
     serving = registry.serving()
@@ -156,8 +147,10 @@ def test_a_head_trained_on_wrong_labels_is_not_promoted(loop, corrected):
         )  # fmt: skip
         assert client.post("/webhook", json=event).status_code == 200
     assert client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": PROJECT}})
-    rejected = _wait_for(
-        lambda: [v for v in registry.versions() if v.status == "rejected"], what="a rejection"
+    rejected = wait_for(
+        lambda: [v for v in registry.versions() if v.status == "rejected"],
+        timeout=180,
+        what="a rejection",
     )
     assert (
         "<" in rejected[0].reason

@@ -14,7 +14,7 @@ from backend.app import create_app
 from backend.model import ModelService
 from backend.settings import Settings
 from tests.backend.conftest import serve
-from tests.helpers import LABEL_CONFIG, count_backbone_calls
+from tests.helpers import LABEL_CONFIG, count_backbone_calls, wait_for
 from tests.redis_process import RedisProcess
 from training.registry import ModelRegistry
 
@@ -89,10 +89,10 @@ def test_a_promoted_head_that_does_not_load_leaves_the_old_one_serving(embedded_
     app = create_app(settings, ModelService(settings, loader=lambda: pipeline))
     with serve(app) as base, httpx.Client(base_url=base, timeout=60) as client:
         registry.promote(good.version, "test")
-        _wait_until(lambda: pipeline.head.version == good.version)
+        wait_for(lambda: pipeline.head.version == good.version, 20)
         registry.promote(alien_version, "test")
         reloader = app.state.loop.reloader
-        _wait_until(lambda: alien_version in (reloader.last_error or ""))
+        wait_for(lambda: alien_version in (reloader.last_error or ""), 20)
         assert "someone-else" in reloader.last_error
         assert pipeline.head.version == good.version
         setup = client.post("/setup", json={"schema": LABEL_CONFIG}).json()
@@ -108,7 +108,7 @@ def test_rollbacks_reach_the_backend_down_to_the_training_free_head(embedded_red
                      for seed in (5, 6))  # fmt: skip
     app = create_app(settings, ModelService(settings, loader=lambda: pipeline))
     with serve(app) as base, httpx.Client(base_url=base, timeout=60) as client:
-        _wait_until(lambda: client.get("/health").json()["ready"])
+        wait_for(lambda: client.get("/health").json()["ready"], 20)
 
         def version() -> str:
             return client.post("/setup", json={"schema": LABEL_CONFIG}).json()["model_version"]
@@ -116,11 +116,11 @@ def test_rollbacks_reach_the_backend_down_to_the_training_free_head(embedded_red
         assert version() == "clipsam-tiny-zero-shot"
         for target in (first.version, second.version):
             registry.promote(target, "test")
-            _wait_until(lambda target=target: version() == f"clipsam-tiny-{target}")
+            wait_for(lambda target=target: version() == f"clipsam-tiny-{target}", 20)
         registry.rollback()
-        _wait_until(lambda: version() == f"clipsam-tiny-{first.version}")
+        wait_for(lambda: version() == f"clipsam-tiny-{first.version}", 20)
         registry.rollback()
-        _wait_until(lambda: version() == "clipsam-tiny-zero-shot")
+        wait_for(lambda: version() == "clipsam-tiny-zero-shot", 20)
         assert pipeline.head.kind == "none"
 
 
@@ -136,20 +136,13 @@ def test_a_backend_on_another_machine_gets_the_head_through_redis(tmp_path):
                             reload_poll=0.2)  # fmt: skip
         app = create_app(settings, ModelService(settings, loader=lambda: pipeline))
         with serve(app) as base, httpx.Client(base_url=base, timeout=60) as client:
-            _wait_until(lambda: client.get("/health").json()["ready"])
+            wait_for(lambda: client.get("/health").json()["ready"], 20)
             worker_side.promote(head.version, "trained elsewhere")
-            _wait_until(lambda: pipeline.head.version == head.version)
+            wait_for(lambda: pipeline.head.version == head.version, 20)
             setup = client.post("/setup", json={"schema": LABEL_CONFIG}).json()
             assert setup["model_version"] == f"clipsam-tiny-{head.version}"
             assert not (settings.model_dir / "heads" / head.version).exists()
             worker_side.rollback()
-            _wait_until(lambda: pipeline.head.kind == "none")
+            wait_for(lambda: pipeline.head.kind == "none", 20)
     finally:
         redis_server.kill()
-
-
-def _wait_until(condition, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)

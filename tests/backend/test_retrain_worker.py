@@ -17,7 +17,7 @@ from clipsam.data import load_mask, make_synthetic_dataset, read_mvtec
 from clipsam.heads import load_head
 from clipsam.images import load_image
 from tests.backend.conftest import file_server
-from tests.helpers import annotation_event
+from tests.helpers import annotation_event, wait_for
 from tests.redis_process import RedisProcess
 from training.corrections import correction_from_event
 from training.registry import ModelRegistry
@@ -26,15 +26,6 @@ from training.scheduler import QUEUE_NAME, RetrainPolicy, RetrainScheduler
 from training.store import CorrectionStore
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.slow
@@ -71,8 +62,8 @@ def test_a_worker_killed_mid_training_leaves_serving_intact(tmp_path, monkeypatc
                 cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
             # Training has begun once every image is fetched into the job's image cache.
-            _wait_for(lambda: len(list((model_dir / "images").glob("*.img"))) == 10, 120, "fetch")
-            _wait_for(lambda: connection.exists(alive_key("3")), 30, "the job's heartbeat")
+            wait_for(lambda: len(list((model_dir / "images").glob("*.img"))) == 10, 120, "fetch")
+            wait_for(lambda: connection.exists(alive_key("3")), 30, "the job's heartbeat")
             time.sleep(2.0)
             assert job.get_status(refresh=True) == "started"
             os.kill(worker.pid, signal.SIGKILL)
@@ -85,7 +76,7 @@ def test_a_worker_killed_mid_training_leaves_serving_intact(tmp_path, monkeypatc
 
             # rq still calls the job "started"; its missing heartbeat lets a new one be queued.
             scheduler.job_kwargs["epochs"] = 2
-            retry = _wait_for(lambda: scheduler.enqueue("3", "after the crash"), 20, "a requeue")
+            retry = wait_for(lambda: scheduler.enqueue("3", "after the crash"), 20, "a requeue")
             SimpleWorker([Queue(QUEUE_NAME, connection=connection)], connection=connection).work(
                 burst=True
             )
