@@ -264,10 +264,29 @@ def run_on_workers(
     finally:
         for job in pending:  # stopped early: take back what no worker should start now
             with contextlib.suppress(Exception):
+                _wait_while_running(job)  # a worker may be mid-chunk: let it file the job
                 job.cancel()
             with contextlib.suppress(Exception):
                 job.delete()
         release(connection)
+
+
+def _wait_while_running(job: Any, timeout: float = 30.0) -> None:
+    from rq.job import JobStatus
+
+    deadline = time.monotonic() + timeout
+    while job.get_status(refresh=True) == JobStatus.STARTED and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _settled(job: Any, timeout: float = 10.0) -> None:
+    """Wait until the worker has filed the failed job (its result is saved a moment earlier),
+    so that deleting it also takes it out of the failed-job registry."""
+    from rq.job import JobStatus
+
+    deadline = time.monotonic() + timeout
+    while job.get_status(refresh=True) != JobStatus.FAILED and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _collect(job: Any, count_workers: Callable[[], int]) -> Records:
@@ -281,6 +300,7 @@ def _collect(job: Any, count_workers: Callable[[], int]) -> Records:
             return list(result.return_value)
         if result is not None and result.type != Result.Type.RETRIED:
             reason = (result.exc_string or "").strip().splitlines()[-1:] or ["stopped"]
+            _settled(job)
             raise RuntimeError(f"rq job {job.id} failed on its worker: {reason[0]}")
         if job.get_status(refresh=True) is None:
             raise RuntimeError(f"rq job {job.id} vanished from Redis")

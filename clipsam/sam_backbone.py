@@ -24,7 +24,7 @@ from torch import Tensor
 
 from clipsam.config import SamConfig
 from clipsam.precision import autocast
-from clipsam.sam_fast import enable_fast_attention
+from clipsam.sam_fast import enable_fast_attention, enable_shared_decoder
 from clipsam.weights import WeightSource
 
 logger = logging.getLogger(__name__)
@@ -94,6 +94,8 @@ class SamBackbone:
         self.sam = sam.eval().requires_grad_(False)
         self.backbone_id = backbone_id
         self.fast_attention = fast_attention and enable_fast_attention(sam.image_encoder) > 0
+        if fast_attention:
+            enable_shared_decoder(sam.mask_decoder)
         #: Set by the pipeline (``clipsam.precision``): the encoder runs under this autocast.
         self.autocast_dtype: torch.dtype | None = None
         self.img_size = int(sam.image_encoder.img_size)

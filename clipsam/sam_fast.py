@@ -1,4 +1,4 @@
-"""SAM's image-encoder attention through ``scaled_dot_product_attention``.
+"""SAM fast paths: encoder attention through SDPA, one copy of the image tokens in the decoder.
 
 Stock segment-anything builds the attention matrix by hand and adds the decomposed relative
 position bias to it in a separate pass (on CPU that ``add`` alone is ~41% of the encoder's
@@ -13,6 +13,7 @@ import types
 
 import torch
 import torch.nn.functional as F
+from segment_anything.modeling import MaskDecoder
 from segment_anything.modeling.image_encoder import Attention, ImageEncoderViT, get_rel_pos
 from torch import Tensor
 
@@ -58,3 +59,52 @@ def disable_fast_attention(encoder: ImageEncoderViT) -> None:
     """Back to segment-anything's own attention (e.g. a stock copy for comparisons)."""
     for block in encoder.blocks:
         block.attn.__dict__.pop("forward", None)
+
+
+def shared_predict_masks(
+    self: MaskDecoder,
+    image_embeddings: Tensor,
+    image_pe: Tensor,
+    sparse_prompt_embeddings: Tensor,
+    dense_prompt_embeddings: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """``MaskDecoder.predict_masks`` without K copies of the image tokens.
+
+    Stock SAM repeats the image embedding once per prompt before its two-way transformer. Until
+    the first image-to-token attention, every copy is identical, so the first block's image-side
+    projections (3 of the 10 large matmuls) run once and broadcast; the result is the same.
+    Used when one image is decoded and no mask prompt is given (the dense embedding is then a
+    broadcast constant); anything else goes through the stock code.
+    """
+    dense = dense_prompt_embeddings
+    if image_embeddings.shape[0] != 1 or (dense.shape[0] > 1 and dense.stride(0) != 0):
+        return MaskDecoder.predict_masks(
+            self, image_embeddings, image_pe, sparse_prompt_embeddings, dense
+        )
+    output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+    prompts = sparse_prompt_embeddings.size(0)
+    tokens = torch.cat(
+        (output_tokens.unsqueeze(0).expand(prompts, -1, -1), sparse_prompt_embeddings), dim=1
+    )
+    _, channels, height, width = image_embeddings.shape
+    hs, src = self.transformer(image_embeddings + dense[:1], image_pe, tokens)
+    src = src.expand(prompts, -1, -1)  # already per prompt after the first block
+    src = src.transpose(1, 2).reshape(prompts, channels, height, width)
+    upscaled = self.output_upscaling(src)
+    mask_tokens_out = hs[:, 1 : (1 + self.num_mask_tokens), :]
+    hyper_in = torch.stack(
+        [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
+        dim=1,
+    )
+    b, c, h, w = upscaled.shape
+    masks = (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
+    return masks, self.iou_prediction_head(hs[:, 0, :])
+
+
+def enable_shared_decoder(decoder: MaskDecoder) -> None:
+    """Route ``decoder.predict_masks`` through :func:`shared_predict_masks` (hooks still fire)."""
+    decoder.predict_masks = types.MethodType(shared_predict_masks, decoder)
+
+
+def disable_shared_decoder(decoder: MaskDecoder) -> None:
+    decoder.__dict__.pop("predict_masks", None)

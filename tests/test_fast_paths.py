@@ -11,7 +11,12 @@ import torch
 
 from clipsam.precision import autocast_dtype, cpu_has_bf16
 from clipsam.sam_backbone import SAM_ARCHS, SamArch, build_sam_model
-from clipsam.sam_fast import disable_fast_attention, enable_fast_attention, sdpa_forward
+from clipsam.sam_fast import (
+    disable_fast_attention,
+    disable_shared_decoder,
+    enable_fast_attention,
+    sdpa_forward,
+)
 
 
 @pytest.mark.parametrize(
@@ -66,3 +71,30 @@ def test_bf16_backbones_stay_close_to_fp32(make_tiny):
     assert embeddings[1].dtype == torch.float32  # cached features are always float
     relative = (embeddings[0] - embeddings[1]).norm() / embeddings[0].norm()
     assert 0 < relative < 0.02
+
+
+@pytest.mark.parametrize("multimask", [False, True])
+def test_sam_decoder_with_shared_image_tokens_matches_stock(make_tiny, multimask):
+    sam = make_tiny().sam
+    stock = copy.deepcopy(sam.sam.mask_decoder)
+    disable_shared_decoder(stock)
+    assert "predict_masks" in sam.sam.mask_decoder.__dict__  # the pipeline's SAM uses it
+    torch.manual_seed(1)
+    embedding = torch.randn(1, 256, 16, 16)
+    points = (torch.rand(5, 2, 2) * 256, torch.ones(5, 2, dtype=torch.int))
+    boxes = torch.tensor([[10.0, 20, 100, 120]] * 5) + torch.arange(5)[:, None] * 7
+    sparse, dense = sam.sam.prompt_encoder(points=points, boxes=boxes, masks=None)
+    args = {"image_embeddings": embedding, "image_pe": sam.sam.prompt_encoder.get_dense_pe(),
+            "sparse_prompt_embeddings": sparse, "dense_prompt_embeddings": dense,
+            "multimask_output": multimask}  # fmt: skip
+    with torch.inference_mode():
+        masks, iou = sam.sam.mask_decoder(**args)
+        expected_masks, expected_iou = stock(**args)
+    assert masks.shape == expected_masks.shape and iou.shape == expected_iou.shape
+    assert torch.allclose(masks, expected_masks, atol=1e-4, rtol=1e-4)
+    assert torch.allclose(iou, expected_iou, atol=1e-5)
+    with torch.inference_mode():  # a mask prompt (per-prompt dense input) takes the stock path
+        dense_masks = torch.randn(5, 256, 16, 16)
+        got, _ = sam.sam.mask_decoder(**{**args, "dense_prompt_embeddings": dense_masks})
+        want, _ = stock(**{**args, "dense_prompt_embeddings": dense_masks})
+    assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)
