@@ -165,3 +165,23 @@ def test_pipeline_predicts_identically_after_head_file_round_trip(make_tiny, tmp
     after = other.predict(images, "pill")[0]
     np.testing.assert_array_equal(before.anomaly_map, after.anomaly_map)
     assert other.info()["head_version"] == pipeline.head.version
+
+
+def test_umci_text_attention_is_multihead_attention_folded():
+    """The folded form gives nn.MultiheadAttention's outputs and gradients (few keys)."""
+    from torch import nn
+
+    from clipsam.heads.umci import attend_text
+
+    torch.manual_seed(0)
+    attn = nn.MultiheadAttention(64, 8, batch_first=True)
+    for parameter in attn.parameters():
+        parameter.data.normal_(0, 0.3)
+    query = torch.randn(3, 50, 64, requires_grad=True)
+    keys = torch.randn(3, 2, 64)
+    expected = attn(query, keys, keys, need_weights=False)[0]
+    (expected_grad,) = torch.autograd.grad(expected.square().sum(), query)
+    got = attend_text(attn, query, keys)
+    (got_grad,) = torch.autograd.grad(got.square().sum(), query)
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-5)
+    assert torch.allclose(got_grad, expected_grad, atol=1e-3, rtol=1e-4)
