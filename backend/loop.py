@@ -16,6 +16,7 @@ from backend.events import EventLog, EventPump
 from backend.model import ModelService, pipeline_overrides
 from backend.reloader import HeadReloader
 from backend.settings import Settings
+from training.corrections import project_id
 from training.import_export import corrections_from_tasks
 from training.redis_conn import connect, release
 from training.registry import ModelRegistry
@@ -30,16 +31,6 @@ logger = logging.getLogger(__name__)
 SECRET_FIELDS = frozenset(
     {"label_studio_api_key", "basic_auth_user", "basic_auth_pass", "webhook_secret", "redis_url"}
 )
-
-
-def _project_id(payload: dict[str, Any]) -> str | None:
-    """Label Studio names the project as an object, an id or ``"<id>.<timestamp>"``."""
-    project = payload.get("project")
-    if isinstance(project, dict):
-        project = project.get("id")
-    if project is None and isinstance(payload.get("annotation"), dict):
-        project = payload["annotation"].get("project")
-    return str(project).split(".", 1)[0] if project not in (None, "") else None
 
 
 class CorrectionLoop:
@@ -66,18 +57,22 @@ class CorrectionLoop:
     def apply(self, payload: dict[str, Any]) -> None:
         """One webhook event into the store, then let the scheduler decide."""
         action = str(payload.get("action", ""))
-        project_id = _project_id(payload)
+        annotation = payload.get("annotation")
+        project = project_id(
+            payload.get("project"),
+            annotation.get("project") if isinstance(annotation, dict) else None,
+        )
         if action == "START_TRAINING" and payload.get("tasks") is not None:
-            outcome = self._import_tasks(payload, project_id)
+            outcome = self._import_tasks(payload, project)
         else:
             outcome = self.store.apply_event(
                 payload,
                 category_key=self.settings.category_key,
                 default_category=self.settings.default_category,
             )
-        logger.info("event %s → %s (project %s)", action, outcome, project_id)
+        logger.info("event %s → %s (project %s)", action, outcome, project)
         if outcome != "unchanged":
-            self.scheduler.on_event(action, project_id)
+            self.scheduler.on_event(action, project)
 
     def _import_tasks(self, payload: dict[str, Any], project_id: str | None) -> str:
         """Label Studio's legacy ``/train`` sends every annotated task: upsert them first."""

@@ -140,7 +140,7 @@ def correction_from_event(
         raise ValueError(f"annotation {annotation_id}: event has no 'task' object")
     task_ref = annotation.get("task")
     task_id = _int(task.get("id", task_ref if not isinstance(task_ref, dict) else None), "task id")
-    project = _project_id(event.get("project"), annotation, task)
+    project = project_id(event.get("project"), annotation.get("project"), task.get("project"))
     if project is None:
         raise ValueError(f"annotation {annotation_id}: event names no project")
     data = task.get("data")
@@ -191,9 +191,12 @@ def _int(value: Any, what: str) -> int:
         raise ValueError(f"{what} must be an integer, got {value!r}") from None
 
 
-def _project_id(project: Any, annotation: dict[str, Any], task: dict[str, Any]) -> str | None:
-    """Label Studio sends the project as an object, an id, or ``"<id>.<created timestamp>"``."""
-    for candidate in (project, annotation.get("project"), task.get("project")):
+def project_id(*candidates: Any) -> str | None:
+    """The first usable project id among ``candidates``, as Label Studio's id string.
+
+    Label Studio sends the project as an object, an id, or ``"<id>.<created timestamp>"``.
+    """
+    for candidate in candidates:
         if isinstance(candidate, dict):
             candidate = candidate.get("id")
         if candidate is None or isinstance(candidate, bool) or candidate == "":
