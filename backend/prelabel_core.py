@@ -259,34 +259,30 @@ def run_on_workers(
             if not pending:
                 return
             records = _collect(pending[0], lambda: Worker.count(queue=queue))
-            pending.popleft().delete()
+            _take_back(queue, pending.popleft())
             finish(records)
     finally:
         for job in pending:  # stopped early: take back what no worker should start now
             with contextlib.suppress(Exception):
-                _wait_while_running(job)  # a worker may be mid-chunk: let it file the job
-                job.cancel()
-            with contextlib.suppress(Exception):
-                job.delete()
+                _take_back(queue, job)
         release(connection)
 
 
-def _wait_while_running(job: Any, timeout: float = 30.0) -> None:
+def _take_back(queue: Any, job: Any, timeout: float = 30.0) -> None:
+    """Delete ``job`` without leaving it in a registry.
+
+    If it is still in the queue, taking it out means no worker will run it. Otherwise a worker
+    holds it (maybe not yet marked started): wait until that worker has filed it as finished or
+    failed, so that deleting it also removes it from that registry.
+    """
     from rq.job import JobStatus
 
-    deadline = time.monotonic() + timeout
-    while job.get_status(refresh=True) == JobStatus.STARTED and time.monotonic() < deadline:
-        time.sleep(0.05)
-
-
-def _settled(job: Any, timeout: float = 10.0) -> None:
-    """Wait until the worker has filed the failed job (its result is saved a moment earlier),
-    so that deleting it also takes it out of the failed-job registry."""
-    from rq.job import JobStatus
-
-    deadline = time.monotonic() + timeout
-    while job.get_status(refresh=True) != JobStatus.FAILED and time.monotonic() < deadline:
-        time.sleep(0.05)
+    if not queue.remove(job):
+        done = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
+        deadline = time.monotonic() + timeout
+        while job.get_status(refresh=True) not in done and time.monotonic() < deadline:
+            time.sleep(0.05)
+    job.delete()
 
 
 def _collect(job: Any, count_workers: Callable[[], int]) -> Records:
@@ -300,7 +296,6 @@ def _collect(job: Any, count_workers: Callable[[], int]) -> Records:
             return list(result.return_value)
         if result is not None and result.type != Result.Type.RETRIED:
             reason = (result.exc_string or "").strip().splitlines()[-1:] or ["stopped"]
-            _settled(job)
             raise RuntimeError(f"rq job {job.id} failed on its worker: {reason[0]}")
         if job.get_status(refresh=True) is None:
             raise RuntimeError(f"rq job {job.id} vanished from Redis")
