@@ -13,17 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from clipsam.attention import Projections, attention
 from clipsam.heads.base import AnomalyHead, text_logits
 
 
 def attend_text(attn: nn.MultiheadAttention, query: Tensor, keys: Tensor) -> Tensor:
-    """``attn(query, keys, keys)[0]`` for a handful of keys (the 2 text rows), cheaply.
-
-    With L keys, each head's scores are ``X · (W_q,h^T K_h^T)`` and its output after ``out_proj``
-    is ``A_h · (V_h W_o,h^T)``: folding the projections into the keys turns the two
-    (N×E)·(E×E) matmuls over every patch token into (N×E)·(E×H·L) and (N×H·L)·(H·L×E). Same
-    function, same parameters (checkpoints are unchanged); only float rounding differs.
-    """
+    """``attn(query, keys, keys)[0]``: with only the 2 text rows as keys, through
+    :func:`clipsam.attention.attention`, which folds the projections into them (the same
+    function and parameters, so checkpoints are unchanged; the head's matmuls halve)."""
     usable = (
         attn.batch_first and attn._qkv_same_embed_dim and attn.in_proj_bias is not None
         and attn.bias_k is None and not attn.add_zero_attn
@@ -31,21 +28,7 @@ def attend_text(attn: nn.MultiheadAttention, query: Tensor, keys: Tensor) -> Ten
     )  # fmt: skip
     if not usable:
         return attn(query, keys, keys, need_weights=False)[0]
-    dim, heads = attn.embed_dim, attn.num_heads
-    head_dim = dim // heads
-    w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
-    b_q, b_k, b_v = attn.in_proj_bias.chunk(3)
-    batch, length, _ = keys.shape
-    k = F.linear(keys, w_k, b_k).view(batch, length, heads, head_dim)
-    v = F.linear(keys, w_v, b_v).view(batch, length, heads, head_dim)
-    scale = head_dim**-0.5
-    folded_q = torch.einsum("hde,blhd->behl", w_q.view(heads, head_dim, dim), k) * scale
-    bias_q = torch.einsum("hd,blhd->bhl", b_q.view(heads, head_dim), k) * scale
-    scores = query @ folded_q.reshape(batch, dim, heads * length)
-    scores = scores.view(batch, -1, heads, length) + bias_q[:, None]
-    probs = scores.softmax(dim=-1).reshape(batch, -1, heads * length)
-    folded_v = torch.einsum("blhd,ehd->bhle", v, attn.out_proj.weight.view(dim, heads, head_dim))
-    return probs @ folded_v.reshape(batch, heads * length, dim) + attn.out_proj.bias
+    return attention(query, keys, keys, Projections.of_mha(attn))
 
 
 class UMCIStage(nn.Module):
