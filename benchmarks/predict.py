@@ -193,7 +193,7 @@ class StockLoop:
         import open_clip
         from segment_anything import SamPredictor
 
-        from clipsam.sam_fast import disable_fast_attention, disable_shared_decoder
+        from clipsam.sam_fast import disable_fast_attention, disable_fast_decoder
 
         assert pipeline.sam is not None
         self.pipeline, self.points, self.boxes = pipeline, points, boxes
@@ -204,9 +204,9 @@ class StockLoop:
         )
         self.tokenizer = open_clip.get_tokenizer(config.clip_model)
         # Stock segment-anything: its own attention (ours runs SDPA), fp32, no autocast.
-        stock_sam = copy.deepcopy(self.pipeline.sam.sam)
+        stock_sam = copy.deepcopy(self.pipeline.sam.sam).float()
         disable_fast_attention(stock_sam.image_encoder)
-        disable_shared_decoder(stock_sam.mask_decoder)
+        disable_fast_decoder(stock_sam.mask_decoder)
         self.predictor = SamPredictor(stock_sam)
         self.indices = [layer - 1 for layer in config.layers]  # open_clip counts from 0
         self.own_components = 0  # components of the stock map, for the report

@@ -269,7 +269,7 @@ def load_pipeline(preset: str | PipelineConfig = "paper", **overrides: Any) -> P
     clip.autocast_dtype = autocast_dtype(config.precision, device)
     if sam is not None:
         sam.sam.to(device)
-        sam.autocast_dtype = clip.autocast_dtype
+        sam.set_precision(clip.autocast_dtype)
     head = (
         load_head(config.head_path, clip.backbone_id)
         if config.head_path is not None

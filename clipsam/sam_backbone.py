@@ -24,7 +24,7 @@ from torch import Tensor
 
 from clipsam.config import SamConfig
 from clipsam.precision import autocast
-from clipsam.sam_fast import enable_fast_attention, enable_shared_decoder
+from clipsam.sam_fast import enable_fast_attention, enable_fast_decoder
 from clipsam.weights import WeightSource
 
 logger = logging.getLogger(__name__)
@@ -95,8 +95,8 @@ class SamBackbone:
         self.backbone_id = backbone_id
         self.fast_attention = fast_attention and enable_fast_attention(sam.image_encoder) > 0
         if fast_attention:
-            enable_shared_decoder(sam.mask_decoder)
-        #: Set by the pipeline (``clipsam.precision``): the encoder runs under this autocast.
+            enable_fast_decoder(sam.mask_decoder)
+        #: The encoder runs under this autocast; see :meth:`set_precision`.
         self.autocast_dtype: torch.dtype | None = None
         self.img_size = int(sam.image_encoder.img_size)
         self.transform = ResizeLongestSide(self.img_size)
@@ -104,6 +104,21 @@ class SamBackbone:
     @property
     def device(self) -> torch.device:
         return self.sam.pixel_mean.device
+
+    @property
+    def decoder_dtype(self) -> torch.dtype:
+        return self.sam.mask_decoder.iou_token.weight.dtype
+
+    def set_precision(self, dtype: torch.dtype | None) -> None:
+        """Run the encoder under ``dtype`` autocast and hold the mask decoder in ``dtype``.
+
+        The decoder is small (4 M parameters) but runs on every prediction, cached or not; under
+        autocast its time goes largely to casting (K, 4096, 256) activations before each matmul,
+        so it is converted once instead (as segment-anything-fast does). Prompt encoding stays
+        in float32: its Fourier features of pixel coordinates need the precision.
+        """
+        self.autocast_dtype = dtype
+        self.sam.mask_decoder.to(dtype or torch.float32)
 
     def input_size(self, original: tuple[int, int]) -> tuple[int, int]:
         """(h, w) of an image of ``original`` (H, W) after resizing its longest side."""
@@ -150,14 +165,14 @@ class SamBackbone:
                 device=self.device,
             )
         sparse, dense = self.sam.prompt_encoder(points=point_arg, boxes=box_arg, masks=None)
-        with autocast(self.device, self.autocast_dtype):
-            low_res, iou = self.sam.mask_decoder(
-                image_embeddings=embedding.to(self.device, torch.float32),
-                image_pe=self.sam.prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=multimask,
-            )
+        dtype = self.decoder_dtype
+        low_res, iou = self.sam.mask_decoder(
+            image_embeddings=embedding.to(self.device, dtype),
+            image_pe=self.sam.prompt_encoder.get_dense_pe().to(dtype),
+            sparse_prompt_embeddings=sparse.to(dtype),
+            dense_prompt_embeddings=dense[:1].to(dtype).expand_as(dense),  # still a broadcast
+            multimask_output=multimask,
+        )
         low_res, iou = low_res.float(), iou.float()
         best = iou.argmax(dim=1)
         rows = torch.arange(len(best), device=best.device)

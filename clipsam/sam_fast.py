@@ -1,4 +1,4 @@
-"""SAM fast paths: encoder attention through SDPA, one copy of the image tokens in the decoder.
+"""SAM fast paths: attention through SDPA, one copy of the image tokens in the decoder.
 
 Stock segment-anything builds the attention matrix by hand and adds the decomposed relative
 position bias to it in a separate pass (on CPU that ``add`` alone is ~41% of the encoder's
@@ -15,7 +15,10 @@ import torch
 import torch.nn.functional as F
 from segment_anything.modeling import MaskDecoder
 from segment_anything.modeling.image_encoder import Attention, ImageEncoderViT, get_rel_pos
+from segment_anything.modeling.transformer import Attention as DecoderAttention
 from torch import Tensor
+
+from clipsam.attention import Projections, attention
 
 
 def rel_pos_bias(attn: Attention, q: Tensor, size: tuple[int, int]) -> Tensor:
@@ -61,20 +64,58 @@ def disable_fast_attention(encoder: ImageEncoderViT) -> None:
         block.attn.__dict__.pop("forward", None)
 
 
-def shared_predict_masks(
+def decoder_attention_forward(self: DecoderAttention, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Drop-in for the two-way transformer's ``Attention.forward``. One side is always the 9-odd
+    prompt tokens, so :func:`clipsam.attention.attention` folds the projections into them
+    instead of projecting all 4096 image tokens (or SDPA when that is cheaper)."""
+    proj = Projections.of_linears(
+        self.q_proj, self.k_proj, self.v_proj, self.out_proj, self.num_heads
+    )
+    return attention(q, k, v, proj)
+
+
+def upscaled_masks(
+    decoder: MaskDecoder, src: Tensor, size: tuple[int, int], hyper: Tensor
+) -> Tensor:
+    """``hyper @ output_upscaling(src)`` as masks (B, M, 4h, 4w), in token layout throughout.
+
+    Each ConvTranspose2d(kernel 2, stride 2) maps one input pixel to a 2×2 block of outputs: a
+    matmul over channels. Kept channels-last in sub-pixel order (i, j, di, dj, c), LayerNorm2d
+    becomes one fused ``layer_norm`` over the last dim, and the single pixel shuffle happens at
+    the end, on the M mask planes instead of the 32 feature planes. ``src``: (B, h·w, C).
+    """
+    conv1, norm, act1, conv2, act2 = decoder.output_upscaling
+    batch, (height, width) = src.shape[0], size
+    out1, out2 = conv1.out_channels, conv2.out_channels
+    # ConvTranspose2d weight (in, out, 2, 2) → linear weight (2·2·out, in), rows (di, dj, o)
+    w1 = conv1.weight.permute(2, 3, 1, 0).reshape(4 * out1, -1)
+    w2 = conv2.weight.permute(2, 3, 1, 0).reshape(4 * out2, -1)
+    x = F.linear(src, w1, conv1.bias.repeat(4)).view(batch, height, width, 2, 2, out1)
+    x = act1(F.layer_norm(x, (out1,), norm.weight, norm.bias, norm.eps))
+    x = act2(F.linear(x, w2, conv2.bias.repeat(4)))  # (B, h, w, di, dj, di2·dj2·out2)
+    x = x.reshape(batch, -1, out2)  # rows ordered (i, j, di, dj, di2, dj2)
+    masks = torch.bmm(x, hyper.transpose(1, 2).to(x.dtype))  # (B, rows, M)
+    masks = masks.view(batch, height, width, 2, 2, 2, 2, -1)
+    # row = 4i + 2di + di2, column = 4j + 2dj + dj2
+    masks = masks.permute(0, 7, 1, 3, 5, 2, 4, 6)
+    return masks.reshape(batch, -1, 4 * height, 4 * width)
+
+
+def fast_predict_masks(
     self: MaskDecoder,
     image_embeddings: Tensor,
     image_pe: Tensor,
     sparse_prompt_embeddings: Tensor,
     dense_prompt_embeddings: Tensor,
 ) -> tuple[Tensor, Tensor]:
-    """``MaskDecoder.predict_masks`` without K copies of the image tokens.
+    """``MaskDecoder.predict_masks`` without K copies of the image tokens, upscaled in place.
 
     Stock SAM repeats the image embedding once per prompt before its two-way transformer. Until
     the first image-to-token attention, every copy is identical, so the first block's image-side
-    projections (3 of the 10 large matmuls) run once and broadcast; the result is the same.
-    Used when one image is decoded and no mask prompt is given (the dense embedding is then a
-    broadcast constant); anything else goes through the stock code.
+    projections (3 of the 10 large matmuls) run once and broadcast. The upscaling then runs on
+    the transformer's (K, h·w, C) output directly (:func:`upscaled_masks`). Same results as
+    stock to float rounding. Used when one image is decoded and no mask prompt is given (the
+    dense embedding is then a broadcast constant); anything else goes through the stock code.
     """
     dense = dense_prompt_embeddings
     if image_embeddings.shape[0] != 1 or (dense.shape[0] > 1 and dense.stride(0) != 0):
@@ -86,25 +127,29 @@ def shared_predict_masks(
     tokens = torch.cat(
         (output_tokens.unsqueeze(0).expand(prompts, -1, -1), sparse_prompt_embeddings), dim=1
     )
-    _, channels, height, width = image_embeddings.shape
+    height, width = image_embeddings.shape[-2:]
     hs, src = self.transformer(image_embeddings + dense[:1], image_pe, tokens)
     src = src.expand(prompts, -1, -1)  # already per prompt after the first block
-    src = src.transpose(1, 2).reshape(prompts, channels, height, width)
-    upscaled = self.output_upscaling(src)
     mask_tokens_out = hs[:, 1 : (1 + self.num_mask_tokens), :]
     hyper_in = torch.stack(
         [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
         dim=1,
     )
-    b, c, h, w = upscaled.shape
-    masks = (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
+    masks = upscaled_masks(self, src, (height, width), hyper_in)
     return masks, self.iou_prediction_head(hs[:, 0, :])
 
 
-def enable_shared_decoder(decoder: MaskDecoder) -> None:
-    """Route ``decoder.predict_masks`` through :func:`shared_predict_masks` (hooks still fire)."""
-    decoder.predict_masks = types.MethodType(shared_predict_masks, decoder)
+def enable_fast_decoder(decoder: MaskDecoder) -> None:
+    """Route ``decoder.predict_masks`` through :func:`fast_predict_masks` and the transformer's
+    attention through SDPA (module hooks still fire)."""
+    decoder.predict_masks = types.MethodType(fast_predict_masks, decoder)
+    for module in decoder.transformer.modules():
+        if isinstance(module, DecoderAttention):
+            module.forward = types.MethodType(decoder_attention_forward, module)
 
 
-def disable_shared_decoder(decoder: MaskDecoder) -> None:
+def disable_fast_decoder(decoder: MaskDecoder) -> None:
+    """Back to segment-anything's own decoder code."""
     decoder.__dict__.pop("predict_masks", None)
+    for module in decoder.transformer.modules():
+        module.__dict__.pop("forward", None)

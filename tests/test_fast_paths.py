@@ -1,4 +1,4 @@
-"""Fast paths compute what the stock code computes: SDPA attention in SAM, reduced precision."""
+"""Fast paths compute what the stock code computes: SAM encoder and decoder, reduced precision."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from clipsam.precision import autocast_dtype, cpu_has_bf16
 from clipsam.sam_backbone import SAM_ARCHS, SamArch, build_sam_model
 from clipsam.sam_fast import (
     disable_fast_attention,
-    disable_shared_decoder,
+    disable_fast_decoder,
     enable_fast_attention,
     sdpa_forward,
 )
@@ -65,6 +65,7 @@ def test_bf16_backbones_stay_close_to_fp32(make_tiny):
     image = np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)
     fp32, bf16 = make_tiny(), make_tiny(precision="bf16")
     assert fp32.info()["precision"] == "float32" and bf16.info()["precision"] == "bfloat16"
+    assert fp32.sam.decoder_dtype == torch.float32 and bf16.sam.decoder_dtype == torch.bfloat16
     a, b = fp32.predict([image], "widget")[0], bf16.predict([image], "widget")[0]
     assert np.abs(a.anomaly_map - b.anomaly_map).max() < 0.05
     embeddings = [p.sam.embed([image]) for p in (fp32, bf16)]
@@ -74,10 +75,11 @@ def test_bf16_backbones_stay_close_to_fp32(make_tiny):
 
 
 @pytest.mark.parametrize("multimask", [False, True])
-def test_sam_decoder_with_shared_image_tokens_matches_stock(make_tiny, multimask):
+def test_fast_sam_decoder_matches_stock(make_tiny, multimask):
+    """Shared image tokens, folded attention, sub-pixel upscaling: the stock decoder's output."""
     sam = make_tiny().sam
     stock = copy.deepcopy(sam.sam.mask_decoder)
-    disable_shared_decoder(stock)
+    disable_fast_decoder(stock)
     assert "predict_masks" in sam.sam.mask_decoder.__dict__  # the pipeline's SAM uses it
     torch.manual_seed(1)
     embedding = torch.randn(1, 256, 16, 16)
