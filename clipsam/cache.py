@@ -1,7 +1,9 @@
 """Frozen-feature cache: CLIP tokens and SAM embeddings never change for an image, so keep them.
 
 Entries are keyed by (backbone id, image content hash). A bounded in-memory LRU sits in front of
-an optional on-disk store of safetensors files (memory-mapped on read), shareable by processes.
+an optional on-disk store of safetensors files, shareable by processes. ``load_file`` maps a file
+and returns views of the map (no copy): processes reading the same entry share its pages
+through the OS page cache.
 """
 
 from __future__ import annotations

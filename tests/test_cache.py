@@ -32,6 +32,22 @@ def test_disk_tier_is_shared_and_survives_a_new_instance(tmp_path):
     assert second.get("another", "abcdef") is None
 
 
+def test_disk_hits_are_views_of_the_mapped_file_not_copies(tmp_path):
+    import json
+
+    FeatureCache(disk_dir=tmp_path).put("bb", "abcdef", _entry(3))
+    [path] = list(tmp_path.rglob("*.safetensors"))
+    raw = path.read_bytes()
+    length = int.from_bytes(raw[:8], "little")
+    offsets = {name: info["data_offsets"][0] for name, info in json.loads(raw[8 : 8 + length]).items()
+               if name != "__metadata__"}  # fmt: skip
+    got = FeatureCache(disk_dir=tmp_path).get("bb", "abcdef")
+    assert got is not None
+    # Both tensors sit in one buffer exactly as far apart as in the file: one map, no copies.
+    gap = got["stages"].data_ptr() - got["global"].data_ptr()
+    assert gap == offsets["stages"] - offsets["global"]
+
+
 def test_unreadable_disk_entries_are_dropped_not_fatal(tmp_path):
     cache = FeatureCache(disk_dir=tmp_path)
     cache.put("bb", "abcdef", _entry(1))
