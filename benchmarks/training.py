@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> str:
     import torch
 
     import clipsam
+    from clipsam.precision import autocast_dtype
     from training.trainer import TrainConfig, TrainingSample, train_head
 
     if args.threads:
@@ -59,22 +60,37 @@ def run(args: argparse.Namespace) -> str:
         samples.append(
             TrainingSample({k: v.to(dtype) for k, v in features.items()}, mask, "widget")
         )
-    config = TrainConfig(epochs=1, progress=False, device=args.device)
-    train_head(pipeline, samples[:8], config=config)  # warm-up: text features, allocations
-    start = time.perf_counter()
-    result = train_head(pipeline, samples, config=TrainConfig(
-        epochs=args.epochs, progress=True, device=args.device))  # fmt: skip
-    seconds = (time.perf_counter() - start) / args.epochs
+    device = torch.device(args.device)
+    mixed = autocast_dtype("auto", device)
+    precisions = {"fp32": "fp32"}
+    if mixed is not None:
+        precisions[f"{str(mixed).removeprefix('torch.')} autocast (the default here)"] = "auto"
+    per_100: dict[str, float] = {}
+    result = None
+    for label, precision in precisions.items():
+        config = TrainConfig(epochs=1, progress=False, device=args.device, precision=precision)
+        train_head(pipeline, samples[:8], config=config)  # warm-up: text features, allocations
+        start = time.perf_counter()
+        config = TrainConfig(
+            epochs=args.epochs, progress=True, device=args.device, precision=precision
+        )
+        result = train_head(pipeline, samples, config=config)
+        per_100[label] = (time.perf_counter() - start) / args.epochs / args.images * 100
+    assert result is not None
     params = sum(p.numel() for p in result.head.parameters())
     report = (
         f"# Retraining speed: `{args.arch}` preset, {args.head} head ({params / 1e6:.1f} M "
         f"parameters), {args.device}, torch {torch.__version__}, {torch.get_num_threads()} "
         "threads\n\n"
         f"- tokens per image: {len(clip.config.layers)} stages x {tokens} x {clip.width} "
-        f"({pipeline.config.cache_dtype} in the cache), input {size} px, batch 8\n"
-        f"- **{seconds / args.images * 100:.1f} s per epoch per 100 images** "
-        f"({args.images} images, {args.epochs} epochs timed; no backbone runs per epoch)\n"
+        f"({pipeline.config.cache_dtype} in the cache), input {size} px, batch 8; "
+        f"{args.images} images, {args.epochs} epoch(s) timed; no backbone runs per epoch\n"
     )
+    for label, seconds in per_100.items():
+        report += (
+            f"- {label}: **{seconds:.1f} s per epoch per 100 images** "
+            f"({per_100['fp32'] / seconds:.2f}x fp32)\n"
+        )
     return report
 
 

@@ -61,6 +61,30 @@ def test_training_is_deterministic_for_a_seed(tiny_pipeline, prepared):
     assert first.losses == second.losses
 
 
+def test_mixed_precision_training_keeps_fp32_weights_and_learns(tiny_pipeline, prepared):
+    """bf16 autocast for the forward pass (the default where the pipeline serves in bf16)."""
+    defect, good = prepared
+    data = defect[:16] + good[:2]
+    fp32 = train_head(
+        tiny_pipeline,
+        data,
+        config=TrainConfig(epochs=3, progress=False, device="cpu", precision="fp32"),
+    )
+    bf16 = train_head(
+        tiny_pipeline,
+        data,
+        config=TrainConfig(epochs=3, progress=False, device="cpu", precision="bf16"),
+    )
+    assert all(p.dtype == torch.float32 for p in bf16.head.parameters())
+    assert bf16.losses[-1] < bf16.losses[0]
+    # Same seed and data: the two runs differ only by bf16 rounding in the forward pass.
+    assert abs(bf16.losses[-1] - fp32.losses[-1]) < 0.1 * fp32.losses[-1]
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(fp32.head.parameters(), bf16.head.parameters(), strict=True)
+    )  # autocast did run
+
+
 @pytest.mark.slow
 def test_training_on_40_defect_images_raises_held_out_pixel_auroc(tiny_pipeline, prepared):
     defect, good = prepared

@@ -26,6 +26,7 @@ from clipsam import metrics
 from clipsam.heads import AnomalyHead, stage_probabilities
 from clipsam.images import image_hash
 from clipsam.pipeline import Pipeline
+from clipsam.precision import Precision, autocast, autocast_dtype
 from training.losses import stage_loss
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,9 @@ class TrainConfig:
     focal_gamma: float = 2.0
     seed: int = 0
     device: str = "auto"
+    #: Mixed precision of the forward pass (``clipsam.precision`` rules); None: the pipeline's
+    #: setting, so a head trains in the precision it will serve in. Weights and Adam stay fp32.
+    precision: Precision | None = None
     progress: bool = True
 
 
@@ -129,16 +133,21 @@ def train_head(
     size = pipeline.clip.config.image_size
     losses: list[float] = []
     epochs = tqdm(range(config.epochs), desc="training", unit="epoch", disable=not config.progress)
+    dtype = autocast_dtype(config.precision or pipeline.config.precision, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)  # fp16 underflows
     for _ in epochs:
         total, count = 0.0, 0
         for batch in _batches(train, config.batch_size, generator):
             features = _stack_features(batch, device)
             target = torch.stack([s.mask for s in batch]).to(device)
-            logits = head(features, texts[batch[0].category])
-            loss = stage_loss(stage_probabilities(logits, size), target, config.focal_gamma)
+            with autocast(device, dtype):
+                logits = head(features, texts[batch[0].category])
+            probabilities = stage_probabilities(logits.float(), size)
+            loss = stage_loss(probabilities, target, config.focal_gamma)
             optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimiser)
+            scaler.update()
             total, count = total + loss.item() * len(batch), count + len(batch)
         losses.append(total / count)
         epochs.set_postfix(loss=f"{losses[-1]:.4f}")
