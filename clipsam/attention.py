@@ -98,14 +98,16 @@ def _few_keys(query: Tensor, keys: Tensor, values: Tensor, proj: Projections) ->
     k = F.linear(keys, *proj.k).unflatten(-1, (heads, head_dim))  # (B, L, H, d)
     v = F.linear(values, *proj.v).unflatten(-1, (heads, head_dim))
     scale = head_dim**-0.5
-    folded_q = torch.einsum("hde,blhd->behl", w_q.view(heads, head_dim, dim), k) * scale
+    folded_q = torch.einsum("hde,blhd->bhle", w_q.view(heads, head_dim, dim), k) * scale
     bias_q = torch.einsum("hd,blhd->bhl", b_q.view(heads, head_dim), k) * scale
     n_keys = k.shape[1]
-    scores = _matmul(query, folded_q.flatten(2))  # (B, N, H·L)
-    scores = scores.unflatten(-1, (heads, n_keys)) + bias_q[:, None]
-    probs = scores.softmax(dim=-1).flatten(2)
+    # Scores as (B, H·L, N): the softmax over the L keys then runs across long contiguous rows
+    # of N (vectorised) instead of over rows of L ≈ 2..9 elements.
+    scores = _matmul(folded_q.flatten(1, 2), query.transpose(1, 2))
+    scores = scores.unflatten(1, (heads, n_keys)) + bias_q[..., None]
+    probs = scores.softmax(dim=2).flatten(1, 2)
     folded_v = torch.einsum("blhd,ehd->bhle", v, w_o.view(-1, heads, head_dim))
-    return _matmul(probs, folded_v.flatten(1, 2)) + b_o
+    return _matmul(probs.transpose(1, 2), folded_v.flatten(1, 2)) + b_o
 
 
 def _few_queries(query: Tensor, keys: Tensor, values: Tensor, proj: Projections) -> Tensor:
