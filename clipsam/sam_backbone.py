@@ -100,6 +100,7 @@ class SamBackbone:
         self.autocast_dtype: torch.dtype | None = None
         self.img_size = int(sam.image_encoder.img_size)
         self.transform = ResizeLongestSide(self.img_size)
+        self._dense_pe: dict[tuple[torch.device, torch.dtype], Tensor] = {}
 
     @property
     def device(self) -> torch.device:
@@ -133,6 +134,13 @@ class SamBackbone:
             batch.append(self.sam.preprocess(resized.permute(2, 0, 1).float()))
         with autocast(self.device, self.autocast_dtype):
             return self.sam.image_encoder(torch.stack(batch)).float()
+
+    def dense_pe(self, dtype: torch.dtype) -> Tensor:
+        """The prompt encoder's positional encoding of the embedding grid: constant, so kept."""
+        key = (self.device, dtype)
+        if key not in self._dense_pe:
+            self._dense_pe[key] = self.sam.prompt_encoder.get_dense_pe().to(dtype)
+        return self._dense_pe[key]
 
     @torch.inference_mode()
     def decode(
@@ -168,7 +176,7 @@ class SamBackbone:
         dtype = self.decoder_dtype
         low_res, iou = self.sam.mask_decoder(
             image_embeddings=embedding.to(self.device, dtype),
-            image_pe=self.sam.prompt_encoder.get_dense_pe().to(dtype),
+            image_pe=self.dense_pe(dtype),
             sparse_prompt_embeddings=sparse.to(dtype),
             dense_prompt_embeddings=dense[:1].to(dtype).expand_as(dense),  # still a broadcast
             multimask_output=multimask,

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from segment_anything.modeling import MaskDecoder
 from segment_anything.modeling.image_encoder import Attention, ImageEncoderViT, get_rel_pos
 from segment_anything.modeling.transformer import Attention as DecoderAttention
+from segment_anything.modeling.transformer import TwoWayAttentionBlock
 from torch import Tensor
 
 from clipsam.attention import Projections, attention
@@ -72,6 +73,27 @@ def decoder_attention_forward(self: DecoderAttention, q: Tensor, k: Tensor, v: T
         self.q_proj, self.k_proj, self.v_proj, self.out_proj, self.num_heads
     )
     return attention(q, k, v, proj)
+
+
+def two_way_block_forward(
+    self: TwoWayAttentionBlock, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: Tensor
+) -> tuple[Tensor, Tensor]:
+    """``TwoWayAttentionBlock.forward`` with the image side's ``keys + key_pe`` formed once (stock
+    forms it again for the image-to-token attention, from unchanged keys) and the residual added
+    into the per-prompt attention output (in the first block, ``keys`` is one shared copy)."""
+    if self.skip_first_layer_pe:
+        queries = self.self_attn(q=queries, k=queries, v=queries)
+    else:
+        q = queries + query_pe
+        queries = queries + self.self_attn(q=q, k=q, v=queries)
+    queries = self.norm1(queries)
+    keys_pe = keys + key_pe
+    q = queries + query_pe
+    queries = self.norm2(queries + self.cross_attn_token_to_image(q=q, k=keys_pe, v=keys))
+    queries = self.norm3(queries + self.mlp(queries))
+    attn_out = self.cross_attn_image_to_token(q=keys_pe, k=queries + query_pe, v=queries)
+    keys = self.norm4(attn_out.add_(keys))  # attn_out is fresh and has the full batch
+    return queries, keys
 
 
 def upscaled_masks(
@@ -146,6 +168,8 @@ def enable_fast_decoder(decoder: MaskDecoder) -> None:
     for module in decoder.transformer.modules():
         if isinstance(module, DecoderAttention):
             module.forward = types.MethodType(decoder_attention_forward, module)
+        elif isinstance(module, TwoWayAttentionBlock):
+            module.forward = types.MethodType(two_way_block_forward, module)
 
 
 def disable_fast_decoder(decoder: MaskDecoder) -> None:
