@@ -1,10 +1,14 @@
-"""SAM fast paths: attention through SDPA, one copy of the image tokens in the decoder.
+"""SAM fast paths: the encoder's attention through SDPA, and a leaner mask decoder.
 
 Stock segment-anything builds the attention matrix by hand and adds the decomposed relative
 position bias to it in a separate pass (on CPU that ``add`` alone is ~41% of the encoder's
 time). Here the bias (per query: one row term plus one column term) is formed once and handed
 to SDPA as its additive mask, so the fused kernel does scale, bias, softmax and ``@ v`` together.
-Same weights, same math: the result matches stock to float rounding (see tests).
+
+The mask decoder runs on every prediction, cached or not. Ours keeps one copy of the image
+tokens until they diverge, folds each attention's projections into the handful of prompt tokens
+(``clipsam.attention``), forms ``keys + pe`` once per block and upscales with sub-pixel matmuls.
+Same weights, same math: both match stock to float rounding (see tests).
 """
 
 from __future__ import annotations
@@ -130,7 +134,7 @@ def fast_predict_masks(
     sparse_prompt_embeddings: Tensor,
     dense_prompt_embeddings: Tensor,
 ) -> tuple[Tensor, Tensor]:
-    """``MaskDecoder.predict_masks`` without K copies of the image tokens, upscaled in place.
+    """``MaskDecoder.predict_masks`` without K copies of the image tokens.
 
     Stock SAM repeats the image embedding once per prompt before its two-way transformer. Until
     the first image-to-token attention, every copy is identical, so the first block's image-side
@@ -162,8 +166,8 @@ def fast_predict_masks(
 
 
 def enable_fast_decoder(decoder: MaskDecoder) -> None:
-    """Route ``decoder.predict_masks`` through :func:`fast_predict_masks` and the transformer's
-    attention through SDPA (module hooks still fire)."""
+    """Route ``decoder.predict_masks`` through :func:`fast_predict_masks`, and the two-way
+    transformer's blocks and attention layers through the functions above (hooks still fire)."""
     decoder.predict_masks = types.MethodType(fast_predict_masks, decoder)
     for module in decoder.transformer.modules():
         if isinstance(module, DecoderAttention):
