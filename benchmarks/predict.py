@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import _report  # sibling module: this folder is on sys.path when run as a script
 import numpy as np
 
 if TYPE_CHECKING:
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
     from clipsam.config import MMRConfig
     from clipsam.pipeline import Pipeline
 
-ROOT = Path(__file__).resolve().parents[1]
 ARCHS = ("fast", "paper", "tiny")
 #: Quantiles of the coarse map tried as τ, highest first (1 − 10^-4 … 1 − 10^-0.5).
 TAU_QUANTILES = tuple(1.0 - 10.0 ** np.linspace(-4.0, -0.5, 36))
@@ -520,18 +520,7 @@ def render_table(cases: list[Case], stock_s: float, sam_used: dict[str, bool], c
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    # Random weights only: never download, never pick up a user's head for another backbone.
-    os.environ.setdefault("CLIPSAM_OFFLINE", "1")
-    os.environ.pop("CLIPSAM_HEAD", None)
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    report = run(args)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report, encoding="utf-8")
-        print(f"wrote {args.out}")
-    return 0
+    return _report.main(run, parse_args(argv), echo=False)
 
 
 if __name__ == "__main__":

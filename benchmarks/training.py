@@ -8,12 +8,11 @@ head shapes (random tokens of the right size, random weights), on CPU or CUDA. N
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import _report  # sibling module: this folder is on sys.path when run as a script
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -95,17 +94,7 @@ def run(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    os.environ.setdefault("CLIPSAM_OFFLINE", "1")
-    os.environ.pop("CLIPSAM_HEAD", None)
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    report = run(args)
-    print(report)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report, encoding="utf-8")
-    return 0
+    return _report.main(run, parse_args(argv))
 
 
 if __name__ == "__main__":
