@@ -296,15 +296,13 @@ def open_source(args: argparse.Namespace) -> tuple[str, list[Item], Any]:
 
 def _model(args: argparse.Namespace, label_config: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Pipeline overrides, and the fingerprint a progress file must match to be resumed."""
-    from clipsam.config import resolve_config
+    from clipsam.config import overrides_from_json, resolve_config
     from clipsam.heads import read_head_metadata
 
     try:
-        overrides = json.loads(args.config) if args.config else {}
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"--config is not JSON, e.g. '{{\"tau\": 0.4}}': {exc}") from None
-    if not isinstance(overrides, dict):
-        raise UsageError(f"--config must be a JSON object, got {type(overrides).__name__}")
+        overrides = overrides_from_json(args.config, "--config") if args.config else {}
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if args.head is not None:
         overrides["head_path"] = str(args.head)
     overrides.setdefault("device", args.device)

@@ -6,12 +6,13 @@ Names follow label-studio-ml 2.x (``LABEL_STUDIO_URL``, ``BASIC_AUTH_USER``, ``M
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from clipsam.config import overrides_from_json
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ class Settings:
             preset=text("CLIPSAM_PRESET") or cls.preset,
             device=text("CLIPSAM_DEVICE") or cls.device,
             head_path=Path(head) if (head := text("CLIPSAM_HEAD")) else None,
-            pipeline_overrides=_json_object("CLIPSAM_CONFIG", text("CLIPSAM_CONFIG")),
+            pipeline_overrides=_overrides(text("CLIPSAM_CONFIG")),
             default_category=text("CLIPSAM_DEFAULT_CATEGORY"),
             category_key=text("CLIPSAM_CATEGORY_KEY") or cls.category_key,
             defect_label=text("CLIPSAM_DEFECT_LABEL"),
@@ -128,16 +129,8 @@ class Settings:
         )
 
 
-def _json_object(name: str, raw: str | None) -> dict[str, Any]:
-    if raw is None:
-        return {}
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{name} must be a JSON object, e.g. '{{\"tau\": 0.4}}': {exc}") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{name} must be a JSON object, got {type(value).__name__}")
-    return value
+def _overrides(raw: str | None) -> dict[str, Any]:
+    return {} if raw is None else overrides_from_json(raw, "CLIPSAM_CONFIG")
 
 
 def _flag(raw: str | None, default: bool | None) -> bool | None:

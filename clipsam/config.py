@@ -7,6 +7,7 @@ owns it, so callers never need to know the nesting; unknown names fail with the 
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -149,6 +150,19 @@ def resolve_config(preset: str | PipelineConfig = "paper", **overrides: Any) -> 
             current = top_updates.get(section, getattr(config, section))
             top_updates[section] = dataclasses.replace(current, **updates)
     return dataclasses.replace(config, **top_updates)
+
+
+def overrides_from_json(text: str, source: str) -> dict[str, Any]:
+    """``resolve_config`` overrides written as a JSON object; ``source`` names it in errors."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{source} is not valid JSON, e.g. '{{\"tau\": 0.4}}': {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError(
+            f"{source} must be a JSON object of config fields, got {type(value).__name__}"
+        )
+    return value
 
 
 def all_fields() -> list[str]:

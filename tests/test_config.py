@@ -33,3 +33,13 @@ def test_unknown_names_list_the_valid_ones():
         resolve_config("paper", tua=0.3)
     with pytest.raises(ValueError, match="available presets: paper, fast, tiny"):
         resolve_config("huge")
+
+
+def test_overrides_from_json_names_its_source_in_errors():
+    from clipsam.config import overrides_from_json
+
+    assert overrides_from_json('{"tau": 0.4}', "CLIPSAM_CONFIG") == {"tau": 0.4}
+    with pytest.raises(ValueError, match="CLIPSAM_CONFIG is not valid JSON"):
+        overrides_from_json("{tau: 0.4}", "CLIPSAM_CONFIG")
+    with pytest.raises(ValueError, match=r"--config must be a JSON object .* got list"):
+        overrides_from_json("[1, 2]", "--config")

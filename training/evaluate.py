@@ -31,7 +31,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from clipsam import load_pipeline
-from clipsam.config import PRESETS, resolve_config
+from clipsam.config import PRESETS, overrides_from_json, resolve_config
 from clipsam.data import DatasetError, Sample, group_by_category, load_mask
 from clipsam.heads import HeadLoadError
 from clipsam.images import ImageError, load_image
@@ -270,12 +270,9 @@ def _read_config(text: str) -> dict[str, Any]:
             raise UsageError(f"--config must be a JSON object or a .json file, got {text!r}")
         source, text = str(path), path.read_text(encoding="utf-8")
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{source} is not valid JSON: {exc}") from exc
-    if not isinstance(value, dict):
-        raise UsageError(f"{source} must be a JSON object of config fields, got {value!r}")
-    return value
+        return overrides_from_json(text, source)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def open_datasets(

@@ -242,7 +242,7 @@ def test_a_broken_image_fails_alone(
         (["--folder", "{tmp}/empty"], "no images found"),
         (["--data", "kitti:{tmp}"], "unknown dataset spec"),
         (["--data", "mvtec:{tmp}/nowhere"], "does not exist"),
-        (["--folder", "{data}", "--config", "{{tau"], "--config is not JSON"),
+        (["--folder", "{data}", "--config", "{{tau"], "--config is not valid JSON"),
         (["--folder", "{data}", "--config", '{{"taux": 1}}'], "unknown config field 'taux'"),
         (["--folder", "{data}", "--head", "{tmp}/head.safetensors"], "head file not found"),
         (["--folder", "{data}", "--label-config", "{tmp}/text.xml"], "no <Image> tag"),
