@@ -101,11 +101,20 @@ def annotation_event(
     }
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 60.0, what: str = "the condition"):
-    """Poll ``condition`` until it returns something truthy (returned), or fail after timeout."""
+def wait_for(
+    condition: Callable[[], Any],
+    timeout: float = 60.0,
+    what: str = "the condition",
+    *,
+    interval: float = 0.1,
+    context: Callable[[], str] | None = None,
+):
+    """Poll ``condition`` until it returns something truthy (returned), or fail after timeout;
+    ``context`` adds to the failure message (e.g. a server's log tail)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if value := condition():
             return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+    details = f"\n{context()}" if context is not None else ""
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{details}")

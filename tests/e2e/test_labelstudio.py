@@ -18,6 +18,8 @@ import pytest
 from label_studio_sdk.converter.brush import decode_rle, mask2rle
 from PIL import Image
 
+from tests.helpers import wait_for
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -184,22 +186,7 @@ def test_annotation_events_reach_backend(
     assert hooks[0].send_payload and hooks[0].send_for_all_actions, hooks[0]
 
     task_id = loop.upload_task
-    width, height = loop.sizes[task_id]
-    rle = mask2rle(loop.masks[task_id].astype(np.uint8) * 255)
-    brush = {
-        "from_name": "defects",
-        "to_name": "photo",
-        "type": "brushlabels",
-        "original_width": width,
-        "original_height": height,
-        "value": {"format": "rle", "rle": rle, "brushlabels": ["Defect"]},
-    }
-    verdict = {
-        "from_name": "verdict",
-        "to_name": "photo",
-        "type": "choices",
-        "value": {"choices": ["Defective"]},
-    }
+    brush, verdict = _brush_result(loop.masks[task_id])
     annotation = ls.annotations.create(id=task_id, result=[brush])
     assert annotation.id is not None
     ls.annotations.update(id=annotation.id, result=[brush, verdict])
@@ -238,15 +225,6 @@ def _brush_result(mask: np.ndarray) -> list[dict[str, Any]]:
     return [brush, verdict]
 
 
-def _wait(condition: Any, timeout: float, what: str, backend: BackendServer) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(1.0)
-    raise AssertionError(f"timed out waiting for {what}\n{backend.log_tail()}")
-
-
 def test_corrections_retrain_and_predictions_from_the_new_head(
     label_studio: LabelStudioServer, image_server: ImageServer, backend: BackendServer, loop: Loop
 ) -> None:
@@ -268,14 +246,14 @@ def test_corrections_retrain_and_predictions_from_the_new_head(
 
     (ml,) = ls.ml.list(project=loop.project_id)
     ls.ml.train(id=ml.id)
-    new_version = _wait(
+    new_version = wait_for(
         lambda: (v := backend.health()["model_version"]) != first_version and v,
-        timeout=240, what="a promoted head", backend=backend,
+        240, "a promoted head", interval=1.0, context=backend.log_tail,
     )  # fmt: skip
     assert new_version.startswith("clipsam-tiny-umci-"), new_version
-    _wait(
+    wait_for(
         lambda: ls.ml.get(id=ml.id).model_version == new_version,
-        timeout=30, what="Label Studio to see the new model_version", backend=backend,
+        30, "Label Studio to see the new model_version", interval=1.0, context=backend.log_tail,
     )  # fmt: skip
 
     ls.actions.create(
@@ -289,7 +267,8 @@ def test_corrections_retrain_and_predictions_from_the_new_head(
                   for t in loop.sizes}  # fmt: skip
         return {t: p[0] for t, p in latest.items() if p} if all(latest.values()) else {}
 
-    second = _wait(renewed, PREDICTION_TIMEOUT, "predictions of the new head", backend)
+    second = wait_for(renewed, PREDICTION_TIMEOUT, "predictions of the new head",
+                      interval=1.0, context=backend.log_tail)  # fmt: skip
     changed = [
         t for t in loop.sizes
         if second[t].score != first[t][0].score or second[t].result != first[t][0].result
