@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 HeadKind = Literal["umci", "linear", "none"]
 UMCIPaths = Literal["both", "strip", "scale"]
+#: ``auto`` = bf16 on CUDA and on CPUs with native bf16, else fp32 (``clipsam.precision``).
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,7 @@ class PipelineConfig:
     seed: int = 0
     device: str = "auto"
     #: Backbone precision: ``auto`` = bf16 on CUDA and on CPUs with native bf16, else fp32.
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    precision: Precision = "auto"
     #: SAM's encoder attention through SDPA with the rel-pos bias as its mask (same math).
     fast_attention: bool = True
     batch_size: int = 8

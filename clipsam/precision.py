@@ -10,11 +10,11 @@ import contextlib
 import functools
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
 
 import torch
 
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
+from clipsam.config import Precision
+
 _CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
