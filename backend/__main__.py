@@ -58,9 +58,14 @@ def json_log_config(level: str) -> dict[str, Any]:
     }
 
 
+def json_logs() -> bool:
+    """``LOG_FORMAT=json``: one JSON object per line (backend and worker alike)."""
+    return os.environ.get("LOG_FORMAT", "").strip().lower() == "json"
+
+
 def main() -> None:
     settings = Settings.from_env()
-    if os.environ.get("LOG_FORMAT", "").strip().lower() == "json":
+    if json_logs():
         log_config = json_log_config(settings.log_level)  # uvicorn applies it in each process
     else:
         logging.basicConfig(level=settings.log_level, format=HUMAN_FORMAT)

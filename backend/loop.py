@@ -47,9 +47,7 @@ class CorrectionLoop:
             job_kwargs=self._job_kwargs(),
         )
         self.pump = EventPump(events, self.apply)
-        self.reloader = HeadReloader(
-            model, self.registry, self.connection, poll=settings.reload_poll
-        )
+        self.reloader = HeadReloader(model, self.registry, poll=settings.reload_poll)
         self.worker: ThreadWorker | None = None
         self._worker_thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -84,7 +82,7 @@ class CorrectionLoop:
             payload["tasks"], project_id, config, self.settings.category_key,
             self.settings.default_category, source="/train request",
         )  # fmt: skip
-        new = sum(self.store.upsert(c) for c in corrections)
+        new = self.store.upsert_many(corrections)
         logger.info("/train: %d annotation(s), %d new or changed", len(corrections), new)
         return "imported"
 
@@ -121,7 +119,7 @@ class CorrectionLoop:
         except Exception as exc:
             logger.error("in-process worker not started: %s", exc)
             return
-        kwargs = self._job_kwargs()
+        kwargs = self.scheduler.job_kwargs
         share_pipeline(kwargs["preset"], kwargs["pipeline_overrides"], pipeline)
         if not self._stopping.is_set():  # the backend may have shut down while loading
             self.worker, self._worker_thread = run_in_thread(self.connection)

@@ -31,15 +31,11 @@ class HeadReloader:
         self,
         model: ModelService,
         registry: ModelRegistry,
-        connection: redis.Redis | None,
-        prefix: str = "clipsam",
         poll: float = 5.0,
     ) -> None:
         self.model = model
         self.registry = registry
-        self.connection = connection
-        self.channel = f"{prefix}:head_promotions"
-        self.prefix = prefix
+        self.connection = registry.redis  # promotions are announced on the registry's Redis
         self.poll = poll
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -121,7 +117,7 @@ class HeadReloader:
             try:
                 if self._pubsub is None and self.connection is not None:
                     self._pubsub = self.connection.pubsub(ignore_subscribe_messages=True)
-                    self._pubsub.subscribe(self.channel)
+                    self._pubsub.subscribe(self.registry.channel)
                 if self._pubsub is not None:
                     message = self._pubsub.get_message(timeout=self.poll)
                     if message is not None:

@@ -84,10 +84,11 @@ class Settings:
             except ValueError:
                 raise ValueError(f"{name} must be a number, got {raw!r}") from None
 
+        def items(name: str) -> tuple[str, ...]:
+            return tuple(i.strip() for i in (text(name) or "").split(",") if i.strip())
+
         root = text("LOCAL_FILES_DOCUMENT_ROOT")
-        hosts = tuple(
-            h.strip() for h in (text("CLIPSAM_ALLOWED_HOSTS") or "").split(",") if h.strip()
-        )
+        hosts = items("CLIPSAM_ALLOWED_HOSTS")
         return cls(
             host=text("HOST") or cls.host,
             port=number("PORT", cls.port),
@@ -121,9 +122,7 @@ class Settings:
             retrain_interval=number("CLIPSAM_RETRAIN_INTERVAL", cls.retrain_interval, float),
             retrain_epochs=number("CLIPSAM_RETRAIN_EPOCHS", cls.retrain_epochs),
             retrain_holdout=number("CLIPSAM_RETRAIN_HOLDOUT", cls.retrain_holdout, float),
-            base_data=tuple(
-                d.strip() for d in (text("CLIPSAM_BASE_DATA") or "").split(",") if d.strip()
-            ),
+            base_data=items("CLIPSAM_BASE_DATA"),
             inprocess_worker=_flag(text("CLIPSAM_INPROCESS_WORKER"), None),
             reload_poll=number("CLIPSAM_RELOAD_POLL", cls.reload_poll, float),
         )

@@ -104,7 +104,7 @@ def import_export(
     """Upsert every annotation of the export at ``path``; returns how many were new or changed."""
     project = str(project).split(".", 1)[0]
     corrections = read_export(path, project, label_config, category_key, default_category)
-    new = sum(store.upsert(c) for c in corrections)
+    new = store.upsert_many(corrections)
     logger.info(
         "imported %s into project %s: %d annotation(s), %d new or changed",
         path, project, len(corrections), new,
@@ -169,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("%s", exc)
         return 1
     project = str(args.project).split(".", 1)[0]
-    new = sum(store.upsert(c) for c in corrections)
+    new = store.upsert_many(corrections)
     logger.info("project %s now holds %d correction(s)", project, len(store.list_project(project)))
     print(
         f"{args.export}: {len(corrections)} annotation(s), {new} new or changed, "

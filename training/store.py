@@ -80,7 +80,7 @@ class CorrectionStore:
             corrections = [
                 correction_from_event(e, **correction_kwargs) for e in _split_bulk(event)
             ]
-            changed = sum(self.upsert(c) for c in corrections)
+            changed = self.upsert_many(corrections)
             logger.info(
                 "%s: %d of %d annotation(s) new or changed", action, changed, len(corrections)
             )
@@ -95,6 +95,10 @@ class CorrectionStore:
         return "ignored"
 
     # -- writes -------------------------------------------------------------------------------
+    def upsert_many(self, corrections: Iterable[Correction]) -> int:
+        """:meth:`upsert` each one; how many were new or changed."""
+        return sum(self.upsert(correction) for correction in corrections)
+
     def upsert(self, correction: Correction) -> bool:
         """Store ``correction``; False when the same content is already there (a replay)."""
         key = self.correction_key(correction.annotation_id)

@@ -73,14 +73,14 @@ def run_in_thread(
 
 def _configure_logging(level: str) -> None:
     """Human lines, or one JSON object per line with ``LOG_FORMAT=json`` (as the backend)."""
-    if os.environ.get("LOG_FORMAT", "").strip().lower() == "json":
-        from backend.__main__ import JsonFormatter
+    from backend.__main__ import HUMAN_FORMAT, JsonFormatter, json_logs
 
+    if json_logs():
         handler = logging.StreamHandler()
         handler.setFormatter(JsonFormatter())
         logging.basicConfig(level=level, handlers=[handler])
     else:
-        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(level=level, format=HUMAN_FORMAT)
 
 
 def main(argv: list[str] | None = None) -> int:
