@@ -467,10 +467,13 @@ def evaluate_per_class(
                 f"got a tuple of {len(data)}"
             )
         results[name] = evaluate(*data, fpr_limit=fpr_limit)
-    results["mean"] = {
-        key: _nanmean([res[key] for res in results.values()]) for key in METRIC_NAMES
-    }
+    results["mean"] = mean_row(results)
     return results
+
+
+def mean_row(per_class: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """The ``"mean"`` row: each metric's unweighted mean over the classes, NaNs left out."""
+    return {key: _nanmean([row[key] for row in per_class.values()]) for key in METRIC_NAMES}
 
 
 def format_table(results: Mapping[str, Mapping[str, float]]) -> str:

@@ -35,7 +35,7 @@ from clipsam.config import PRESETS, overrides_from_json, resolve_config
 from clipsam.data import DatasetError, Sample, group_by_category, load_mask
 from clipsam.heads import HeadLoadError
 from clipsam.images import ImageError, load_image
-from clipsam.metrics import METRIC_NAMES, evaluate, format_table
+from clipsam.metrics import evaluate, format_table, mean_row
 from clipsam.pipeline import Pipeline
 from clipsam.weights import ENV_HEAD
 from training import report
@@ -219,15 +219,9 @@ def predict_class(
 
 
 def class_mean(per_class: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
-    """The ``"mean"`` row exactly as ``clipsam.metrics.evaluate_per_class`` computes it.
-
-    Computed here because classes are scored one at a time (see the module docstring).
-    """
-    mean = {}
-    for key in METRIC_NAMES:
-        finite = [row[key] for row in per_class.values() if not math.isnan(row[key])]
-        mean[key] = float(np.mean(finite)) if finite else float("nan")
-    return mean
+    """The ``"mean"`` row as ``clipsam.metrics.evaluate_per_class`` computes it, for classes
+    scored one at a time (see the module docstring)."""
+    return mean_row(per_class)
 
 
 # --------------------------------------------------------------------------------------------

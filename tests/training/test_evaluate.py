@@ -17,7 +17,7 @@ import pytest
 import clipsam
 from clipsam.data import Sample, group_by_category, load_mask, make_synthetic_dataset, read_mvtec
 from clipsam.heads import save_head
-from clipsam.metrics import evaluate_per_class, format_table
+from clipsam.metrics import METRIC_NAMES, evaluate_per_class, format_table
 from clipsam.weights import ENV_HEAD
 from training import evaluate as ev
 from training import report
@@ -229,7 +229,7 @@ def test_spread_keeps_the_ends_evenly() -> None:
 
 
 def test_class_mean_skips_undefined_metrics_like_the_library() -> None:
-    rows = {"a": dict.fromkeys(ev.METRIC_NAMES, 0.5), "b": dict.fromkeys(ev.METRIC_NAMES, 0.25)}
+    rows = {"a": dict.fromkeys(METRIC_NAMES, 0.5), "b": dict.fromkeys(METRIC_NAMES, 0.25)}
     rows["b"]["image_auroc"] = float("nan")
     mean = ev.class_mean(rows)
     assert mean["pixel_auroc"] == 0.375 and mean["image_auroc"] == 0.5
