@@ -8,8 +8,12 @@ cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
 venv=${VENV:-.venv}
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
-"$venv/bin/python" -m pip install --quiet --upgrade pip
-"$venv/bin/python" -m pip install --quiet -r requirements.txt
+stamp="$venv/.serve-requirements"  # install again only when requirements.txt changed
+if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ]; then
+  "$venv/bin/python" -m pip install --quiet --upgrade pip
+  "$venv/bin/python" -m pip install --quiet -r requirements.txt
+  touch "$stamp"
+fi
 export MODEL_DIR=${MODEL_DIR:-model_dir}
 echo "clipsam: serving on ${HOST:-127.0.0.1}:${PORT:-9090}, state in $MODEL_DIR" >&2
 exec "$venv/bin/python" -m backend
