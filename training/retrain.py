@@ -25,14 +25,21 @@ from rq import get_current_job
 from backend.fetch import ImageFetcher
 from backend.settings import Settings
 from clipsam import Pipeline, load_pipeline
-from clipsam.heads import AnomalyHead, load_head
+from clipsam.heads import load_head
 from clipsam.images import load_image
 from training.corrections import Correction
 from training.datasets import iter_labeled, load_samples
 from training.redis_conn import connect
 from training.registry import ModelRegistry
 from training.store import CorrectionStore
-from training.trainer import TrainConfig, TrainingSample, evaluate_head, prepare_samples, train_head
+from training.trainer import (
+    TrainConfig,
+    TrainingSample,
+    evaluate_head,
+    has_parameters,
+    prepare_samples,
+    train_head,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +61,8 @@ def heartbeat_seconds() -> float:
     return float(os.environ.get("CLIPSAM_RETRAIN_HEARTBEAT", "30"))
 
 
-def alive_key(project: str, prefix: str = "clipsam") -> str:
-    return f"{prefix}:project:{project}:retrain_alive"
+def alive_key(project: str) -> str:
+    return f"clipsam:project:{project}:retrain_alive"
 
 
 @contextlib.contextmanager
@@ -169,7 +176,7 @@ def _retrain(
 
     serving = registry.serving()
     current = load_head(serving.path, pipeline.clip.backbone_id) if serving else pipeline.head
-    init = current if _trainable(current) else pipeline.new_head(seed, kind="umci")
+    init = current if has_parameters(current) else pipeline.new_head(seed, kind="umci")
     config = TrainConfig(epochs=epochs, seed=seed, progress=False)
     result = train_head(pipeline, train, held_out, config, init_head=init)
     serving_metrics = evaluate_head(pipeline, current, held_out)["mean"] if held_out else None
@@ -254,7 +261,3 @@ def _cached_fetch(reference: str, task_id: int, fetcher: ImageFetcher, cache: Pa
     tmp.write_bytes(data)
     tmp.replace(path)
     return data
-
-
-def _trainable(head: AnomalyHead) -> bool:
-    return any(True for _ in head.parameters())

@@ -63,7 +63,7 @@ class RetrainScheduler:
                 self.connection.set(self._requested_key(project), 1)
             return job
         pending = self.store.pending(project)
-        if self.policy.every > 0 and pending >= self.policy.every:
+        if self._enough(pending):
             return self.enqueue(project, f"{pending} new corrections")
         return None
 
@@ -77,12 +77,11 @@ class RetrainScheduler:
         now = time.time()
         for project in self.store.projects():
             pending = self.store.pending(project)
-            last = float(self.connection.get(self._last_key(project)) or 0)
             if self.connection.exists(self._requested_key(project)):
                 reason = "requested from Label Studio during the last run"
-            elif self.policy.every > 0 and pending >= self.policy.every:
+            elif self._enough(pending):
                 reason = f"{pending} new corrections"
-            elif self.policy.interval > 0 and pending > 0 and now - last >= self.policy.interval:
+            elif self.policy.interval > 0 and pending > 0 and self._due(project, now):
                 reason = f"interval of {self.policy.interval:.0f} s"
             else:
                 continue
@@ -99,7 +98,8 @@ class RetrainScheduler:
             existing = Job.fetch(job_id, connection=self.connection)
         except NoSuchJobError:
             existing = None
-        if existing is not None and existing.get_status(refresh=True) in ACTIVE:
+        # Job.fetch has just loaded the status: no second read from Redis.
+        if existing is not None and existing.get_status(refresh=False) in ACTIVE:
             if not self._abandoned(existing, project):
                 logger.info("retrain of project %s already queued or running", project)
                 return None
@@ -120,9 +120,18 @@ class RetrainScheduler:
         logger.info("retrain of project %s queued: %s", project, reason)
         return job
 
+    def _enough(self, pending: int) -> bool:
+        """The N-corrections policy: enough new corrections since the last run."""
+        return self.policy.every > 0 and pending >= self.policy.every
+
+    def _due(self, project: str, now: float) -> bool:
+        """The interval policy: long enough since this project's last run was queued."""
+        last = float(self.connection.get(self._last_key(project)) or 0)
+        return now - last >= self.policy.interval
+
     def _abandoned(self, job: Job, project: str) -> bool:
         """Started long enough ago to have sent a heartbeat, yet none is alive."""
-        if job.get_status() != JobStatus.STARTED or job.started_at is None:
+        if job.get_status(refresh=False) != JobStatus.STARTED or job.started_at is None:
             return False
         grace = 2 * heartbeat_seconds()
         running = (datetime.now(UTC) - job.started_at.replace(tzinfo=UTC)).total_seconds()

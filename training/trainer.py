@@ -109,6 +109,11 @@ def split_holdout(
     return train, [s for i, s in enumerate(samples) if i in held]
 
 
+def has_parameters(head: AnomalyHead) -> bool:
+    """Whether ``head`` has anything to train (the training-free head has not)."""
+    return any(True for _ in head.parameters())
+
+
 def train_head(
     pipeline: Pipeline,
     train: Sequence[TrainingSample],
@@ -124,7 +129,7 @@ def train_head(
     device = _device(config.device)
     torch.manual_seed(config.seed)
     head = copy.deepcopy(init_head) if init_head is not None else pipeline.new_head(config.seed)
-    if not any(True for _ in head.parameters()):
+    if not has_parameters(head):
         raise ValueError(f"the {head.kind!r} head has no trainable parameters")
     head = head.to(device).train().requires_grad_(True)
     texts = _text_features(pipeline, {s.category for s in train}, device)
