@@ -27,6 +27,7 @@ from backend.loop import CorrectionLoop
 from backend.model import ModelNotReady, ModelService, model_version
 from backend.predictor import TaskPredictor
 from backend.settings import Settings
+from training.corrections import project_id
 from training.registry import ModelRegistry
 
 logger = logging.getLogger(__name__)
@@ -126,12 +127,12 @@ def create_app(settings: Settings | None = None, model: ModelService | None = No
         if request.label_schema:
             _spec(request.label_schema, settings)  # refuse unusable configs when connecting
             if request.project:
-                project_configs[_project_id(request.project)] = request.label_schema
+                project_configs[project_id(request.project)] = request.label_schema
         return {"model_version": model.model_version}
 
     @app.post("/predict", dependencies=[Depends(require_auth)])
     def predict(request: PredictRequest) -> dict[str, Any]:
-        config = request.label_config or project_configs.get(_project_id(request.project or ""))
+        config = request.label_config or project_configs.get(project_id(request.project))
         if not config:
             raise HTTPException(422, "no label_config in the request and none from /setup")
         spec = _spec(config, settings)
@@ -218,11 +219,6 @@ def _spec(config: str, settings: Settings) -> LabelSpec:
         return parse_label_config(config, settings.defect_label)
     except LabelConfigError as exc:
         raise HTTPException(422, str(exc)) from exc
-
-
-def _project_id(project: str) -> str:
-    """Label Studio sends ``"<id>.<created timestamp>"``; the id is what stays stable."""
-    return project.split(".", 1)[0]
 
 
 def _basic_ok(settings: Settings, credentials: HTTPBasicCredentials | None) -> bool:
