@@ -220,9 +220,7 @@ class ModelRegistry:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         logger.info("registered head %s (parent %s): %s", version, parent, clean_metrics)
-        registered = self._from_meta(meta)
-        self._share(registered)
-        return registered
+        return self._from_meta(meta)
 
     def promote(self, version: str, reason: str) -> HeadVersion:
         """Serve ``version`` from now on; the head served before is retired."""
@@ -238,6 +236,7 @@ class ModelRegistry:
                 self._set_status(previous, "retired", f"replaced by {version}")
             self._append_history("promote", version, reason, previous=previous, when=now)
             promoted = self._from_meta(meta)
+            self._share(promoted)  # before the announcement; only heads that serve need it
             self._publish(promoted)
         logger.info("promoted head %s (was %s): %s", version, previous or "training-free", reason)
         return promoted
