@@ -240,6 +240,7 @@ def test_rollback_skips_deleted_and_rejected_heads(registry, three, make_head):
 def test_promotion_is_published_and_serving_key_set(model_dir, redis_server, make_head):
     registry = ModelRegistry(model_dir, _no_retry(redis_server))
     a = registry.register(make_head(1), METRICS, None).version
+    assert not redis_server.exists(registry.blob_key(a))  # a candidate stays on this disk
     pubsub = redis_server.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(registry.channel)
     assert pubsub.get_message(timeout=1.0) is None  # consumes the subscribe confirmation
@@ -250,6 +251,8 @@ def test_promotion_is_published_and_serving_key_set(model_dir, redis_server, mak
     data = json.loads(message["data"])
     assert data == {"version": a, "path": str(model_dir.absolute() / "heads" / a / HEAD_FILE)}
     assert json.loads(redis_server.get("clipsam:serving_head")) == data
+    head_file = model_dir / "heads" / a / HEAD_FILE
+    assert redis_server.get(registry.blob_key(a)) == head_file.read_bytes()  # for other hosts
 
     registry.rollback()
     gone = json.loads(pubsub.get_message(timeout=5.0)["data"])
