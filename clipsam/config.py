@@ -104,11 +104,11 @@ PRESETS: dict[str, PipelineConfig] = {
     "tiny": PipelineConfig(
         preset="tiny",
         clip=ClipConfig(
-            clip_model="clipsam-tiny",
-            clip_pretrained="",
+            clip_model="clipsam-micro",
+            clip_pretrained="miniature",
             image_size=224,
-            layers=(1, 2, 3, 4),
-            vv_blocks=1,
+            layers=(2, 3, 5, 6),
+            vv_blocks=2,
         ),
         sam=SamConfig(sam_model="tiny"),
         weights="random",

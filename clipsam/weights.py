@@ -26,6 +26,13 @@ ENV_SAM = "CLIPSAM_SAM_CHECKPOINT"
 ENV_HEAD = "CLIPSAM_HEAD"
 ENV_OFFLINE = "CLIPSAM_OFFLINE"
 
+#: The miniature world's backbones, trained here by ``training.miniature`` and shipped in the
+#: package: the ``tiny`` preset's ``pretrained`` weights (tag ``miniature``, SAM size ``tiny``).
+MINIATURE_TAG = "miniature"
+MODEL_WEIGHTS_DIR = Path(__file__).parent / "model_weights"
+MICRO_CLIP_WEIGHTS = MODEL_WEIGHTS_DIR / "micro_clip.safetensors"
+MICRO_SAM_WEIGHTS = MODEL_WEIGHTS_DIR / "micro_sam.safetensors"
+
 #: Official segment-anything checkpoints and their md5 sums.
 SAM_CHECKPOINTS: dict[str, tuple[str, str]] = {
     "vit_h": (
@@ -100,6 +107,8 @@ def clip_weights_file(model: str, tag: str, paths: WeightPaths) -> Path:
     """The open_clip checkpoint for ``model``/``tag``: explicit path, cache, or download."""
     if paths.clip is not None:
         return _existing(paths.clip, ENV_CLIP)
+    if tag == MINIATURE_TAG:
+        return _shipped(MICRO_CLIP_WEIGHTS, "python -m training.miniature.clip")
     from open_clip.pretrained import get_pretrained_cfg
 
     cfg = get_pretrained_cfg(model, tag)
@@ -119,6 +128,8 @@ def sam_checkpoint_file(model: str, paths: WeightPaths) -> Path:
     """The segment-anything checkpoint for ``model``: explicit path, cache, or download."""
     if paths.sam is not None:
         return _existing(paths.sam, ENV_SAM)
+    if model == "tiny":
+        return _shipped(MICRO_SAM_WEIGHTS, "python -m training.miniature.sam")
     try:
         url, md5 = SAM_CHECKPOINTS[model]
     except KeyError:
@@ -128,6 +139,15 @@ def sam_checkpoint_file(model: str, paths: WeightPaths) -> Path:
         ) from None
     target = paths.home / "sam" / os.path.basename(url)
     return _cached_or_download(url, target, ("md5", md5), ENV_SAM, paths.offline)
+
+
+def _shipped(path: Path, command: str) -> Path:
+    if not path.is_file():
+        raise WeightsNotFoundError(
+            f"the miniature world's weights {path} are missing: `{command}` trains them "
+            "(or use weights='random')"
+        )
+    return path
 
 
 def _existing(path: Path, env_var: str) -> Path:

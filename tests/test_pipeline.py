@@ -130,7 +130,7 @@ def test_head_for_another_backbone_is_refused(make_tiny):
 def test_info_reports_random_weights_and_head(tiny_pipeline):
     info = tiny_pipeline.info()
     assert info["random_weights"] is True and info["weights"] == "random"
-    assert info["clip_backbone"].startswith("clipsam-tiny/random-seed0/224px")
+    assert info["clip_backbone"].startswith("clipsam-micro/random-seed0/224px")
     assert info["sam_backbone"] == "sam-tiny/random-seed0"
     assert info["head"] == "umci"
 
