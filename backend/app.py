@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import secrets
 from contextlib import asynccontextmanager
@@ -148,8 +149,7 @@ def create_app(settings: Settings | None = None, model: ModelService | None = No
             logger.debug("webhook %s ignored", event.action)
             metrics.webhook_event(metrics.OTHER)
             return {"status": "ignored"}
-        events.record(event.action, event.model_dump(mode="json"))
-        metrics.webhook_event(event.action)
+        store_event(events, event.action, event.model_dump(mode="json"))
         return {"status": "ok"}
 
     @app.post("/train", dependencies=[Depends(require_auth)])
@@ -163,8 +163,7 @@ def create_app(settings: Settings | None = None, model: ModelService | None = No
             "project": {"id": project, "label_config": request.label_config},
             "tasks": request.annotations,
         }
-        events.record("START_TRAINING", payload)
-        metrics.webhook_event("START_TRAINING")
+        store_event(events, "START_TRAINING", payload)
         return {"status": "ok"}
 
     @app.get("/versions", dependencies=[Depends(require_auth)])
@@ -203,6 +202,21 @@ def require_webhook_auth(request: Request, credentials: Credentials) -> None:
     if secret and _secret_ok(secret, request):
         return
     require_auth(request, credentials)
+
+
+#: Errors that mean "no room": 507 Insufficient Storage; any other write error is a 503.
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def store_event(events: EventLog, action: str, payload: dict[str, Any]) -> None:
+    """Fsync the event, or answer an error: the log is then left exactly as it was."""
+    try:
+        events.record(action, payload)
+    except OSError as exc:
+        metrics.webhook_failure(exc.errno)
+        code = 507 if exc.errno in NO_SPACE else 503
+        raise HTTPException(code, f"event not stored: {exc.strerror or exc}") from exc
+    metrics.webhook_event(action)
 
 
 def _serving_head(settings: Settings) -> Path | None:

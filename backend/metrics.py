@@ -10,6 +10,7 @@ whichever process answered (prometheus_client's multiprocess mode is not wired).
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from collections import Counter as Tally
@@ -75,7 +76,13 @@ WEBHOOK_EVENTS = Counter(
     ["action"],
     registry=None,
 )
-SHARED = (HTTP_REQUESTS, HTTP_LATENCY, PREDICTED_TASKS, WEBHOOK_EVENTS)
+WEBHOOK_FAILURES = Counter(
+    "clipsam_webhook_failures",
+    "Webhook events answered with an error because the event log refused the write, by errno",
+    ["reason"],
+    registry=None,
+)
+SHARED = (HTTP_REQUESTS, HTTP_LATENCY, PREDICTED_TASKS, WEBHOOK_EVENTS, WEBHOOK_FAILURES)
 
 
 def install(
@@ -117,6 +124,11 @@ def install(
 def webhook_event(action: str) -> None:
     """Count one webhook event (``other`` for actions that are not stored)."""
     WEBHOOK_EVENTS.labels(action).inc()
+
+
+def webhook_failure(error: int | None) -> None:
+    """Count one event the log could not store (``ENOSPC``, ``EIO``...)."""
+    WEBHOOK_FAILURES.labels(errno.errorcode.get(error or 0, "other")).inc()
 
 
 def exposition(registry: CollectorRegistry) -> Response:
