@@ -12,9 +12,9 @@ from torch import Tensor, nn
 class AnomalyHead(nn.Module):
     """A head turns frozen CLIP features and the text features T (2, E) into per-stage logits.
 
-    ``forward(features, text)`` returns logits (B, S, 2, N, N) on the patch grid; channel 1 is
-    "abnormal". ``options`` are the constructor knobs, saved with the weights so a file
-    rebuilds the same module.
+    Subclasses implement ``stage_tokens``; ``forward(features, text)`` returns their logits
+    (B, S, 2, N, N) on the patch grid; channel 1 is "abnormal". ``options`` are the
+    constructor knobs, saved with the weights so a file rebuilds the same module.
     """
 
     kind: str = ""
@@ -25,8 +25,17 @@ class AnomalyHead(nn.Module):
         self.options = dict(options)
         self.version = "untrained"
 
-    def forward(self, features: dict[str, Tensor], text: Tensor) -> Tensor:
+    #: Set by each head's constructor.
+    grid: int
+    logit_scale: float
+
+    def stage_tokens(self, features: dict[str, Tensor], text: Tensor) -> Tensor:
+        """The per-stage tokens (B, S, N², E) in the text space, before L2 normalisation, that
+        the logits compare with T; image scores such as AdaCLIP's HSF cluster them."""
         raise NotImplementedError
+
+    def forward(self, features: dict[str, Tensor], text: Tensor) -> Tensor:
+        return stage_logits(self.stage_tokens(features, text), text, self.logit_scale, self.grid)
 
 
 def text_logits(tokens: Tensor, text: Tensor, scale: float, grid: int) -> Tensor:
@@ -35,14 +44,23 @@ def text_logits(tokens: Tensor, text: Tensor, scale: float, grid: int) -> Tensor
     return logits.transpose(1, 2).reshape(tokens.shape[0], 2, grid, grid)
 
 
+def stage_logits(tokens: Tensor, text: Tensor, scale: float, grid: int) -> Tensor:
+    """Cosine logits of per-stage tokens (B, S, N², E) against T (2, E) → (B, S, 2, N, N)."""
+    batch, stages = tokens.shape[:2]
+    flat = text_logits(tokens.flatten(0, 1), text.float(), scale, grid)
+    return flat.reshape(batch, stages, 2, grid, grid)
+
+
 def stage_probabilities(logits: Tensor, size: int) -> Tensor:
-    """Per-stage abnormal probability maps (B, S, size, size): bilinear upsample, then softmax."""
+    """Per-stage abnormal probability maps (B, S, size, size): the logits are upsampled
+    bilinearly with ``align_corners=True``, then softmaxed, exactly as APRIL-GAN's ``test.py``
+    (lines 177–180) does; training uses this same function."""
     batch, stages, _, grid, _ = logits.shape
     up = F.interpolate(
         logits.reshape(batch * stages, 2, grid, grid),
         size=(size, size),
         mode="bilinear",
-        align_corners=False,
+        align_corners=True,
     )
     return torch.softmax(up, dim=1)[:, 1].reshape(batch, stages, size, size)
 

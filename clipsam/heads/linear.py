@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from clipsam.heads.base import AnomalyHead, text_logits
+from clipsam.heads.base import AnomalyHead
 
 
 class LinearHead(AnomalyHead):
@@ -27,13 +27,9 @@ class LinearHead(AnomalyHead):
         self.logit_scale = logit_scale
         self.fc = nn.ModuleList(nn.Linear(in_dim, dim) for _ in range(stages))
 
-    def forward(self, features: dict[str, Tensor], text: Tensor) -> Tensor:
+    def stage_tokens(self, features: dict[str, Tensor], text: Tensor) -> Tensor:
         tokens = features["stages"].float()
-        logits = [
-            text_logits(fc(tokens[:, i]), text.float(), self.logit_scale, self.grid)
-            for i, fc in enumerate(self.fc)
-        ]
-        return torch.stack(logits, dim=1)
+        return torch.stack([fc(tokens[:, i]) for i, fc in enumerate(self.fc)], dim=1)
 
 
 def load_aprilgan_state(path: str | Path) -> dict[str, Tensor]:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clipsam.attention import Projections, attention
-from clipsam.heads.base import AnomalyHead, text_logits
+from clipsam.heads.base import AnomalyHead
 
 
 def attend_text(attn: nn.MultiheadAttention, query: Tensor, keys: Tensor) -> Tensor:
@@ -125,11 +125,9 @@ class UMCIHead(AnomalyHead):
             for _ in range(stages)
         )
 
-    def forward(self, features: dict[str, Tensor], text: Tensor) -> Tensor:
+    def stage_tokens(self, features: dict[str, Tensor], text: Tensor) -> Tensor:
         tokens = features["stages"].float()
         text = text.float()
-        logits = [
-            text_logits(stage(tokens[:, i], text, self.grid), text, self.logit_scale, self.grid)
-            for i, stage in enumerate(self.stages)
-        ]
-        return torch.stack(logits, dim=1)
+        return torch.stack(
+            [stage(tokens[:, i], text, self.grid) for i, stage in enumerate(self.stages)], dim=1
+        )

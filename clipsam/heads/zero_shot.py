@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from clipsam.heads.base import AnomalyHead, text_logits
+from clipsam.heads.base import AnomalyHead
 
 
 class ZeroShotHead(AnomalyHead):
@@ -20,6 +20,5 @@ class ZeroShotHead(AnomalyHead):
         self.logit_scale = logit_scale
         self.version = "zero-shot"
 
-    def forward(self, features: dict[str, Tensor], text: Tensor) -> Tensor:
-        logits = text_logits(features["vv"].float(), text.float(), self.logit_scale, self.grid)
-        return logits.unsqueeze(1)
+    def stage_tokens(self, features: dict[str, Tensor], text: Tensor) -> Tensor:
+        return features["vv"].float().unsqueeze(1)
