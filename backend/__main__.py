@@ -78,6 +78,7 @@ def main() -> None:
         workers=settings.workers,
         log_level=settings.log_level.lower(),
         log_config=log_config,
+        h11_max_incomplete_event_size=settings.max_header_bytes,  # the header block, at the door
     )
 
 

@@ -1,7 +1,10 @@
 """The HTTP surface Label Studio talks to: /health, /setup, /predict, /webhook, /versions.
 
 ``create_app`` builds one FastAPI app per process; the model loads in the background at start-up
-(never per request), so /health and /setup answer at once while it loads.
+(never per request), so /health and /setup answer at once while it loads. The control plane
+(/health, /setup, /webhook, /versions, /metrics) is async and does its little blocking work
+(an fsync, a registry read) in its own small thread pool; /predict runs in another, behind
+:mod:`backend.admission`, so no number of slow predictions can make the control plane wait.
 """
 
 from __future__ import annotations
@@ -10,20 +13,22 @@ import dataclasses
 import errno
 import logging
 import secrets
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import anyio
 from fastapi import Depends, FastAPI, HTTPException, Request, Response, status
-from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel, ConfigDict, Field
 
 from backend import metrics
+from backend.admission import PredictGate, RateLimiter
 from backend.events import EventLog
 from backend.fetch import ImageFetcher
 from backend.label_config import LabelConfigError, LabelSpec, parse_label_config
+from backend.limits import RequestLimits
 from backend.loop import CorrectionLoop
 from backend.model import ModelNotReady, ModelService, model_version
 from backend.predictor import TaskPredictor
@@ -32,6 +37,10 @@ from training.corrections import project_id
 from training.registry import ModelRegistry
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+#: Threads for the control plane's blocking bits (fsync, registry reads); never predictions.
+CONTROL_THREADS = 8
 
 #: Webhook actions this backend keeps (corrections and training requests); others get a 200.
 STORED_ACTIONS = frozenset(
@@ -83,6 +92,16 @@ def create_app(settings: Settings | None = None, model: ModelService | None = No
     loop = CorrectionLoop(settings, model, events) if settings.corrections else None
     project_configs: dict[str, str] = {}
 
+    gate = PredictGate(settings.predict_concurrency or settings.threads, settings.predict_queue)
+    rate = RateLimiter(settings.predict_rate, settings.predict_burst)
+    control: list[anyio.CapacityLimiter] = []
+
+    async def offload(func: Callable[..., T], *args: Any) -> T:
+        """Blocking control-plane work, in a pool that predictions never occupy."""
+        if not control:
+            control.append(anyio.CapacityLimiter(CONTROL_THREADS))
+        return await anyio.to_thread.run_sync(func, *args, limiter=control[0])
+
     @asynccontextmanager
     async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]
         anyio.to_thread.current_default_thread_limiter().total_tokens = max(2, settings.threads)
@@ -99,20 +118,18 @@ def create_app(settings: Settings | None = None, model: ModelService | None = No
     app.state.settings, app.state.model, app.state.events = settings, model, events
     app.state.loop = loop
 
-    @app.middleware("http")
-    async def limit_body_size(request: Request, call_next):  # type: ignore[no-untyped-def]
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > settings.max_request_bytes:
-            return JSONResponse(
-                {"detail": f"request body over {settings.max_request_bytes} bytes"}, status_code=413
-            )
-        return await call_next(request)
+    app.add_middleware(
+        RequestLimits,
+        max_body=settings.max_request_bytes,
+        max_header_bytes=settings.max_header_bytes,
+        max_url_bytes=settings.max_url_bytes,
+    )
 
     metrics_registry = metrics.install(app, settings, model, loop, STORED_ACTIONS)  # outermost
 
     @app.get("/")
     @app.get("/health")
-    def health() -> dict[str, Any]:
+    async def health() -> dict[str, Any]:
         body = {
             "status": "UP",
             "model_class": "ClipSAM",
@@ -124,36 +141,35 @@ def create_app(settings: Settings | None = None, model: ModelService | None = No
         return body
 
     @app.post("/setup", dependencies=[Depends(require_auth)])
-    def setup(request: SetupRequest) -> dict[str, str]:
+    async def setup(request: SetupRequest) -> dict[str, str]:
         if request.label_schema:
-            _spec(request.label_schema, settings)  # refuse unusable configs when connecting
+            await offload(_spec, request.label_schema, settings)  # refuse unusable configs
             if request.project:
                 project_configs[project_id(request.project)] = request.label_schema
         return {"model_version": model.model_version}
 
     @app.post("/predict", dependencies=[Depends(require_auth)])
-    def predict(request: PredictRequest) -> dict[str, Any]:
+    async def predict(request: PredictRequest, http: Request) -> dict[str, Any]:
+        rate.check(http.client.host if http.client else "unknown")  # 429 over the rate
         config = request.label_config or project_configs.get(project_id(request.project))
         if not config:
             raise HTTPException(422, "no label_config in the request and none from /setup")
-        spec = _spec(config, settings)
-        try:
-            results = predictor.predict(request.tasks, spec)
-        except ModelNotReady as exc:
-            raise HTTPException(503, str(exc), headers={"Retry-After": "10"}) from exc
-        return {"results": results}
+        with gate.admit():  # 503 when the queue is full
+            return await anyio.to_thread.run_sync(
+                _predict, predictor, request.tasks, config, settings, limiter=gate.limiter
+            )
 
     @app.post("/webhook", dependencies=[Depends(require_webhook_auth)])
-    def webhook(event: WebhookEvent) -> dict[str, str]:
+    async def webhook(event: WebhookEvent) -> dict[str, str]:
         if event.action not in STORED_ACTIONS:
             logger.debug("webhook %s ignored", event.action)
             metrics.webhook_event(metrics.OTHER)
             return {"status": "ignored"}
-        store_event(events, event.action, event.model_dump(mode="json"))
+        await offload(store_event, events, event.action, event.model_dump(mode="json"))
         return {"status": "ok"}
 
     @app.post("/train", dependencies=[Depends(require_auth)])
-    def train(request: TrainRequest) -> dict[str, str]:
+    async def train(request: TrainRequest) -> dict[str, str]:
         """Label Studio's "Start training" without the webhook feature flag: same as the event."""
         project = (
             request.project.get("id") if isinstance(request.project, dict) else request.project
@@ -163,20 +179,23 @@ def create_app(settings: Settings | None = None, model: ModelService | None = No
             "project": {"id": project, "label_config": request.label_config},
             "tasks": request.annotations,
         }
-        store_event(events, "START_TRAINING", payload)
+        await offload(store_event, events, "START_TRAINING", payload)
         return {"status": "ok"}
 
-    @app.get("/versions", dependencies=[Depends(require_auth)])
-    def versions() -> dict[str, list[str]]:
+    def version_names() -> list[str]:
         names = [model.model_version]
         if loop is not None:
             names += [model_version(settings.preset, v.version) for v in loop.registry.versions()]
-        return {"versions": list(dict.fromkeys(names))}
+        return list(dict.fromkeys(names))
+
+    @app.get("/versions", dependencies=[Depends(require_auth)])
+    async def versions() -> dict[str, list[str]]:
+        return {"versions": await offload(version_names)}
 
     @app.get("/metrics", dependencies=[Depends(require_auth)], include_in_schema=False)
-    def prometheus_metrics() -> Response:
+    async def prometheus_metrics() -> Response:
         """Prometheus text format; behind basic auth like the rest (scrape with basic_auth)."""
-        return metrics.exposition(metrics_registry)
+        return await offload(metrics.exposition, metrics_registry)
 
     return app
 
@@ -185,7 +204,7 @@ _basic = HTTPBasic(auto_error=False)
 Credentials = Annotated[HTTPBasicCredentials | None, Depends(_basic)]
 
 
-def require_auth(request: Request, credentials: Credentials) -> None:
+async def require_auth(request: Request, credentials: Credentials) -> None:
     """Basic auth on every route but /health, when BASIC_AUTH_USER/PASS are set."""
     settings: Settings = request.app.state.settings
     if settings.auth_enabled and not _basic_ok(settings, credentials):
@@ -196,12 +215,12 @@ def require_auth(request: Request, credentials: Credentials) -> None:
         )
 
 
-def require_webhook_auth(request: Request, credentials: Credentials) -> None:
+async def require_webhook_auth(request: Request, credentials: Credentials) -> None:
     """Basic auth, or the webhook secret (Label Studio's auto-created webhook has no password)."""
     secret = request.app.state.settings.webhook_secret
     if secret and _secret_ok(secret, request):
         return
-    require_auth(request, credentials)
+    await require_auth(request, credentials)
 
 
 #: Errors that mean "no room": 507 Insufficient Storage; any other write error is a 503.
@@ -226,6 +245,17 @@ def _serving_head(settings: Settings) -> Path | None:
         logger.error("model registry unreadable: %s", exc)
         return None
     return serving.path if serving is not None else None
+
+
+def _predict(
+    predictor: TaskPredictor, tasks: list[dict[str, Any]], config: str, settings: Settings
+) -> dict[str, Any]:
+    """One /predict body, in a prediction thread."""
+    spec = _spec(config, settings)
+    try:
+        return {"results": predictor.predict(tasks, spec)}
+    except ModelNotReady as exc:
+        raise HTTPException(503, str(exc), headers={"Retry-After": "10"}) from exc
 
 
 def _spec(config: str, settings: Settings) -> LabelSpec:

@@ -48,6 +48,14 @@ class Settings:
     max_image_pixels: int = 64_000_000
     fetch_timeout: float = 20.0
     max_request_bytes: int = 32 * 1024 * 1024
+    max_header_bytes: int = 16 * 1024
+    max_url_bytes: int = 8 * 1024
+    #: /predict requests run at once (0: ``threads``) and waiting beyond them; more get 503.
+    predict_concurrency: int = 0
+    predict_queue: int = 16
+    #: Per-client /predict rate limit: requests per minute (0: off) and burst size.
+    predict_rate: float = 600.0
+    predict_burst: int = 60
     #: How long /predict waits for a model that is still loading before answering 503.
     model_wait_seconds: float = 60.0
     #: Corrections loop: Redis (``REDIS_URL``; an embedded server under MODEL_DIR when unset).
@@ -115,6 +123,12 @@ class Settings:
             max_image_pixels=number("CLIPSAM_MAX_IMAGE_PIXELS", cls.max_image_pixels),
             fetch_timeout=number("CLIPSAM_FETCH_TIMEOUT", cls.fetch_timeout, float),
             max_request_bytes=number("CLIPSAM_MAX_REQUEST_BYTES", cls.max_request_bytes),
+            max_header_bytes=number("CLIPSAM_MAX_HEADER_BYTES", cls.max_header_bytes),
+            max_url_bytes=number("CLIPSAM_MAX_URL_BYTES", cls.max_url_bytes),
+            predict_concurrency=number("CLIPSAM_PREDICT_CONCURRENCY", cls.predict_concurrency),
+            predict_queue=number("CLIPSAM_PREDICT_QUEUE", cls.predict_queue),
+            predict_rate=number("CLIPSAM_PREDICT_RATE", cls.predict_rate, float),
+            predict_burst=number("CLIPSAM_PREDICT_BURST", cls.predict_burst),
             model_wait_seconds=number("CLIPSAM_MODEL_WAIT_SECONDS", cls.model_wait_seconds, float),
             redis_url=text("REDIS_URL"),
             corrections=_flag(text("CLIPSAM_CORRECTIONS"), True),
