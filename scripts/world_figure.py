@@ -96,7 +96,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.colours:
         sheet = sheet.quantize(
-            args.colours, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE
+            args.colours, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.FLOYDSTEINBERG
         )
     sheet.save(args.out, optimize=True)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KB)")

@@ -295,6 +295,8 @@ def _deformation(
         light = float(rng.uniform(0, 2 * np.pi))
         side = (gy * np.sin(light) + gx * np.cos(light)) / sigma
         shading = 1.0 - 0.5 * g + 0.15 * g * side
+        if float(np.mean(style.base)) < 0.35:  # dark surfaces: the crushed spot shows paler
+            shading = 1.0 + 0.9 * g + 0.15 * g * side
     else:
         ny, nx = _normal(geometry.sdf, cy, cx)
         amp = float(rng.uniform(4.0, 7.0)) * scale

@@ -398,7 +398,7 @@ LOOKS: dict[str, dict[str, Any]] = {
         base=(0.58, 0.78, 0.80),
         background=(0.52, 0.50, 0.47),
         extent=(0.43, 0.43),
-        texture_amp=0.08,
+        texture_amp=0.04,
         period=30.0,
         light=0.2,
         specular=0.25,
@@ -469,7 +469,7 @@ LOOKS: dict[str, dict[str, Any]] = {
         accent=(0.42, 0.43, 0.46),
         background=(0.20, 0.18, 0.16),
         texture_amp=0.05,
-        period=45.0,
+        period=80.0,
         light=0.12,
     ),
     "cable cross-section": dict(
@@ -856,7 +856,7 @@ def _grain(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Plank wood: wavy long grain lines with darker late-wood and fine streaks."""
     size = u.shape
-    wobble = _lowfreq(rng, size, max(4, round(40 * s))) * 10 * s
+    wobble = _lowfreq(rng, size, max(4, round(40 * s))) * 5 * s
     p = style.period * s
     phase = (v + wobble + 0.0006 * u**2 / s) / p + rng.uniform(0, 10)
     late = np.abs(np.sin(np.pi * phase)) ** 6  # thin dark bands
@@ -984,18 +984,21 @@ def _veins(
     half: tuple[float, float],
     s: float,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Marble: a pale slab with a few turbulent grey veins that fade in and out, and clouds."""
+    """Marble: a pale slab with a few long wavy grey veins that fade in and out, faint clouds."""
     size = u.shape
-    turb = 1.6 * _lowfreq(rng, size, max(4, round(60 * s))) + 0.35 * _lowfreq(
-        rng, size, max(2, round(12 * s))
-    )
-    theta = float(rng.uniform(0, np.pi))
-    t = (u * float(np.cos(theta)) + v * float(np.sin(theta))) / (style.period * s) + turb
-    strength = np.clip(0.6 + 0.6 * _lowfreq(rng, size, max(4, round(40 * s))), 0, 1)
-    veins = np.exp(-(np.sin(np.pi * t) ** 2) / 0.006) * strength
-    cloud = _lowfreq(rng, size, max(3, round(24 * s)))
-    weight = 0.9 * veins + 0.25 * np.clip(cloud, 0, 1.5)
-    return _mix(style, weight, 0.5 * cloud)
+    weight = np.zeros(size, dtype=np.float32)
+    for family, (period, width, reach) in enumerate(((1.0, 0.03, 0.6), (0.5, 0.008, 0.35))):
+        turb = 0.5 * _lowfreq(rng, size, max(4, round(70 * s))) + 0.05 * _lowfreq(
+            rng, size, max(2, round(20 * s))
+        )
+        theta = float(rng.uniform(0, np.pi)) + family * 0.9
+        along = u * float(np.cos(theta)) + v * float(np.sin(theta))
+        t = along / (style.period * period * s) + turb
+        fade = np.clip(0.5 + 0.7 * _lowfreq(rng, size, max(4, round(50 * s))), 0, 1)
+        weight += reach * np.exp(-(np.sin(np.pi * t) ** 2) / width) * fade
+    cloud = _lowfreq(rng, size, max(3, round(30 * s)))
+    weight += 0.1 * np.clip(cloud, 0, 2)
+    return _mix(style, weight, 0.4 * cloud)
 
 
 def _cable(
