@@ -26,7 +26,9 @@ class ClipConfig:
     image_size: int = 518
     #: 1-indexed blocks whose residual-stream output (before ln_post) feeds the head.
     layers: tuple[int, ...] = (6, 12, 18, 24)
-    #: QuickGELU is what the ``openai`` weights were trained with; APRIL-GAN's heads used GELU.
+    #: QuickGELU is what the ``openai`` weights were trained with; APRIL-GAN (and so the
+    #: published numbers) ran plain GELU at 518², which ``paper`` and ``fast`` follow
+    #: (docs/method.md, "Deliberate differences from the reference code").
     activation: Literal["quick_gelu", "gelu"] = "quick_gelu"
     #: Last blocks whose value-value attention feeds the training-free ``none`` head.
     vv_blocks: int = 4
@@ -85,7 +87,10 @@ class PipelineConfig:
     #: SAM's encoder attention through SDPA with the rel-pos bias as its mask (same math).
     fast_attention: bool = True
     batch_size: int = 8
-    #: Image score = w · CLIP global score + (1 − w) · max of the final map (method spec §4).
+    #: Image score = w · s + (1 − w) · max of the final map (method spec §4), where s is
+    #: ``clip_max``: CLIP's global embedding against T; ``hsf``: AdaCLIP's hybrid semantic
+    #: fusion (KMeans over the top-100 patches' tokens, centre fused with the global embedding).
+    image_score: Literal["clip_max", "hsf"] = "clip_max"
     image_score_weight: float = 0.5
     cache_items: int = 64
     cache_dir: str | None = None
@@ -99,8 +104,10 @@ class PipelineConfig:
 _SECTIONS = ("clip", "head", "sam", "mmr")
 
 PRESETS: dict[str, PipelineConfig] = {
-    "paper": PipelineConfig(preset="paper"),
-    "fast": PipelineConfig(preset="fast", sam=SamConfig(sam_model="vit_b")),
+    "paper": PipelineConfig(preset="paper", clip=ClipConfig(activation="gelu")),
+    "fast": PipelineConfig(
+        preset="fast", clip=ClipConfig(activation="gelu"), sam=SamConfig(sam_model="vit_b")
+    ),
     "tiny": PipelineConfig(
         preset="tiny",
         clip=ClipConfig(

@@ -20,9 +20,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from clipsam.cache import FeatureCache
+from clipsam.calibration import calibrate_map, calibrate_score
 from clipsam.clip_backbone import ClipBackbone, build_clip
 from clipsam.config import HeadKind, PipelineConfig, config_to_dict, resolve_config
 from clipsam.heads import AnomalyHead, HeadMismatchError, build_head, coarse_map, load_head
+from clipsam.heads.base import stage_logits
+from clipsam.image_score import clip_scores, fuse_image_score, hsf_scores
 from clipsam.images import ImageInput, image_hash, load_image
 from clipsam.precision import autocast, autocast_dtype
 from clipsam.refine import Component, find_components, refine
@@ -48,8 +51,8 @@ class Prediction:
     anomaly_map: np.ndarray  # float32 (H, W) in [0, 1]
     mask: np.ndarray  # bool (H, W): union of the regions
     regions: list[Region]
-    score: float  # image-level anomaly score in [0, 1]
-    clip_score: float = 0.0  # CLIP's global "abnormal" probability
+    score: float  # image-level anomaly score in [0, 1] (0.5 = the head's own threshold, if any)
+    clip_score: float = 0.0  # the text part of the score: CLIP's global (or HSF) probability
     sam_used: bool = False
     head_version: str = ""
 
@@ -177,23 +180,51 @@ class Pipeline:
         """The (2, E) text features of a category, cached in this process and the disk cache."""
         return self.clip.text_features(category, defect_words, store=self.cache).to(self.device)
 
-    def coarse_maps(self, features: list[dict], head: AnomalyHead, text: Tensor) -> Tensor:
-        """A (B, S, S) at the CLIP input size, from cached features."""
+    def coarse_maps(
+        self, features: list[dict], head: AnomalyHead, text: Tensor, calibrated: bool = True
+    ) -> Tensor:
+        """A (B, S, S) at the CLIP input size, from cached features; ``calibrated``: with the
+        head's pixel threshold moved to 0.5 (``clipsam.calibration``), if it has one."""
+        return self.score_features(features, head, text, calibrated, image_scores=False)[0]
+
+    def score_features(
+        self,
+        features: list[dict],
+        head: AnomalyHead,
+        text: Tensor,
+        calibrated: bool = True,
+        image_scores: bool = True,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Coarse maps A (B, S, S) and the text part s (B,) of the image score (``image_score``:
+        ``clip_max`` or ``hsf``), before it is fused with the final map's maximum."""
         batch = {
             name: torch.stack([f[name] for f in features]).to(self.device) for name in features[0]
         }
+        hsf = image_scores and self.config.image_score == "hsf"
         with torch.inference_mode(), autocast(self.device, self.clip.autocast_dtype):
-            logits = head(batch, text)
-        return coarse_map(logits.float(), self.clip.config.image_size)
+            tokens = head.stage_tokens(batch, text) if hsf else None
+            logits = (
+                stage_logits(tokens, text, head.logit_scale, head.grid)
+                if tokens is not None
+                else head(batch, text)
+            )
+        maps = coarse_map(logits.float(), self.clip.config.image_size)
+        if calibrated:
+            maps = calibrate_map(maps, head.thresholds)
+        if not image_scores:
+            return maps, None
+        global_embeds = batch["global"].float()
+        if tokens is not None:
+            return maps, hsf_scores(tokens.float(), logits.float(), global_embeds, text)
+        return maps, clip_scores(global_embeds, text)
 
     def _predict_chunk(
         self, images: list[np.ndarray], head: AnomalyHead, text: Tensor
     ) -> list[Prediction]:
         hashes = [image_hash(image) for image in images]
         features = self.clip_features(images, hashes)
-        maps = self.coarse_maps(features, head, text)
-        global_embeds = torch.stack([f["global"] for f in features]).to(self.device).float()
-        clip_scores = torch.softmax(100.0 * global_embeds @ text.float().T, dim=-1)[:, 1]
+        maps, text_scores = self.score_features(features, head, text)
+        assert text_scores is not None
         amaps = [_resize_map(maps[i], image.shape[:2]) for i, image in enumerate(images)]
         components = [find_components(amap, self.config.mmr) for amap in amaps]
         use_sam = self.sam is not None and self.config.mmr.use_sam
@@ -205,7 +236,7 @@ class Pipeline:
             )
             embeddings = dict(zip(to_refine, found, strict=True))
         return [
-            self._assemble(amaps[i], components[i], embeddings.get(i), float(clip_scores[i]), head)
+            self._assemble(amaps[i], components[i], embeddings.get(i), float(text_scores[i]), head)
             for i in range(len(images))
         ]
 
@@ -231,13 +262,12 @@ class Pipeline:
         mask = np.zeros(amap.shape, dtype=bool)
         for region in regions:
             mask |= region.mask
-        w = self.config.image_score_weight
-        score = w * clip_score + (1.0 - w) * float(final.max())
+        score = fuse_image_score(clip_score, float(final.max()), self.config.image_score_weight)
         return Prediction(
             anomaly_map=final.astype(np.float32, copy=False),
             mask=mask,
             regions=regions,
-            score=float(np.clip(score, 0.0, 1.0)),
+            score=calibrate_score(score, head.thresholds),
             clip_score=clip_score,
             sam_used=embedding is not None,
             head_version=head.version,

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from clipsam.calibration import Thresholds
+
 
 class AnomalyHead(nn.Module):
     """A head turns frozen CLIP features and the text features T (2, E) into per-stage logits.
@@ -24,6 +26,9 @@ class AnomalyHead(nn.Module):
         self.backbone_id = backbone_id
         self.options = dict(options)
         self.version = "untrained"
+        #: Operating points chosen on held-out data (``clipsam.calibration``); saved with the
+        #: head, and the pipeline normalises its maps so they sit at 0.5. None: uncalibrated.
+        self.thresholds: Thresholds | None = None
 
     #: Set by each head's constructor.
     grid: int

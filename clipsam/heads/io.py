@@ -1,7 +1,8 @@
 """Building heads by kind, and saving/loading them as safetensors with JSON metadata.
 
 One ``.safetensors`` file holds the weights and, in its header, the JSON that rebuilds the
-module (kind, knobs, backbone id, version). Writes are atomic; loads never unpickle anything.
+module (kind, knobs, backbone id, version) and its calibrated thresholds, if any. Writes are
+atomic; loads never unpickle anything.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 
+from clipsam.calibration import Thresholds
 from clipsam.config import HeadConfig
 from clipsam.heads.base import AnomalyHead
 from clipsam.heads.linear import LinearHead, load_aprilgan_state
@@ -68,7 +70,7 @@ def save_head(
     os.close(fd)
     try:
         save_model(head, tmp_name)  # first pass: hash the weights exactly as stored
-        version = version or f"{head.kind}-{_file_digest(tmp_name)[:12]}"
+        version = version or f"{head.kind}-{_content_digest(tmp_name, head)[:12]}"
         metadata = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -79,6 +81,8 @@ def save_head(
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "extra": extra or {},
         }
+        if head.thresholds is not None:
+            metadata["thresholds"] = head.thresholds.to_dict()
         save_model(head, tmp_name, metadata={_META_KEY: json.dumps(metadata)})
         os.chmod(tmp_name, 0o644)  # mkstemp's 0600 would hide it from other users' backends
         os.replace(tmp_name, path)
@@ -129,6 +133,7 @@ def load_head(path: str | Path, backbone_id: str | None = None) -> AnomalyHead:
     except (SafetensorError, RuntimeError, OSError, ValueError) as exc:
         raise HeadLoadError(f"{path}: weights do not fit a {metadata['head']} head: {exc}") from exc
     head.version = metadata["version"]
+    head.thresholds = Thresholds.from_dict(metadata.get("thresholds"))
     return head.eval()
 
 
@@ -141,6 +146,15 @@ def head_from_aprilgan(path: str | Path, backbone_id: str, grid: int = 37) -> Li
     head.load_state_dict(state, strict=True)
     head.version = f"aprilgan-{_file_digest(path)[:12]}"
     return head.eval()
+
+
+def _content_digest(weights_file: str, head: AnomalyHead) -> str:
+    """The weights' digest; with thresholds, of both (a recalibrated head is a new version)."""
+    digest = _file_digest(weights_file)
+    if head.thresholds is None:
+        return digest
+    thresholds = json.dumps(head.thresholds.to_dict(), sort_keys=True)
+    return hashlib.sha256(f"{digest}:{thresholds}".encode()).hexdigest()
 
 
 def _file_digest(path: str | Path) -> str:
