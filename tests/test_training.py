@@ -7,6 +7,8 @@ import json
 import pytest
 import torch
 
+from clipsam import metrics
+from clipsam.calibration import Thresholds
 from clipsam.data import read_mvtec
 from clipsam.heads import load_head
 from training import train as train_cli
@@ -14,6 +16,7 @@ from training.datasets import iter_labeled
 from training.losses import dice_loss, focal_loss
 from training.trainer import (
     TrainConfig,
+    calibrate_head,
     evaluate_head,
     prepare_samples,
     split_holdout,
@@ -86,6 +89,32 @@ def test_mixed_precision_training_keeps_fp32_weights_and_learns(tiny_pipeline, p
 
 
 @pytest.mark.slow
+def test_a_trained_head_carries_thresholds_chosen_on_its_held_out_data(tiny_pipeline, prepared):
+    defect, good = prepared
+    train, held_out = defect[:6] + good[:2], defect[6:12] + good[2:5]
+    init = tiny_pipeline.new_head(seed=0)
+    init.thresholds = Thresholds(pixel=0.9, image=0.9, source="stale")
+    config = TrainConfig(epochs=1, progress=False, device="cpu")
+    result = train_head(tiny_pipeline, train, held_out, config, init_head=init)
+    thresholds = result.head.thresholds
+    assert thresholds is not None and thresholds != init.thresholds
+    assert thresholds == calibrate_head(tiny_pipeline, result.head, held_out)
+    assert 0 < thresholds.pixel < 1 and 0 < thresholds.image < 1
+    assert "9 held-out images (6 defective)" in thresholds.source
+    # the pixel threshold is the F1-max cut of the raw held-out maps
+    maps = torch.cat(
+        [tiny_pipeline.coarse_maps([s.features], result.head,
+                                   tiny_pipeline.text_features(s.category), calibrated=False)
+         for s in held_out]
+    ).numpy()  # fmt: skip
+    masks = torch.stack([s.mask for s in held_out]).bool().numpy()
+    assert metrics.pixel_f1_max(maps, masks) == pytest.approx(
+        metrics.pixel_f1_max(maps > thresholds.pixel, masks), abs=1e-6
+    )
+    assert train_head(tiny_pipeline, train, config=config).head.thresholds is None  # no held-out
+
+
+@pytest.mark.slow
 def test_training_on_40_defect_images_raises_held_out_pixel_auroc(tiny_pipeline, prepared):
     defect, good = prepared
     train, held_out = defect[:40] + good[:5], defect[40:] + good[5:]
@@ -117,6 +146,7 @@ def test_cli_trains_and_writes_a_loadable_head(tiny_pipeline, synthetic_root, tm
     assert set(summary["metrics"]) == {"widget", "mean"}
     head = load_head(out / "head.safetensors", tiny_pipeline.clip.backbone_id)
     assert head.version == summary["version"] and head.options["scales"] == [1, 3]
+    assert head.thresholds is not None and head.thresholds.to_dict() == summary["thresholds"]
     assert "| widget |" in capsys.readouterr().out
 
 

@@ -91,12 +91,16 @@ def main(argv: list[str] | None = None) -> int:
         "losses": result.losses,
         "seconds": round(result.seconds, 2),
         "metrics": result.per_class,
+        "thresholds": result.head.thresholds.to_dict() if result.head.thresholds else None,
     }
     version = save_head(result.head, args.out / "head.safetensors", extra=summary)
     summary["version"] = version
     (args.out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
     if result.per_class:
         print(format_table(result.per_class))
+    if result.head.thresholds is not None:
+        t = result.head.thresholds
+        print(f"calibrated thresholds: pixel {t.pixel}, image {t.image} ({t.source})")
     print(f"head {version} written to {args.out / 'head.safetensors'}")
     return 0
 

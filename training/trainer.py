@@ -23,7 +23,9 @@ from torch import Tensor
 from tqdm import tqdm
 
 from clipsam import metrics
+from clipsam.calibration import Thresholds, calibrate_map, f1_max_threshold
 from clipsam.heads import AnomalyHead, stage_probabilities
+from clipsam.image_score import fuse_image_score
 from clipsam.images import image_hash
 from clipsam.pipeline import Pipeline
 from clipsam.precision import Precision, autocast, autocast_dtype
@@ -31,6 +33,9 @@ from training.losses import stage_loss
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+
+#: Held-out pixels the pixel threshold is chosen on, at most (a uniform sample beyond that).
+CALIBRATION_PIXELS = 4_000_000
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,7 @@ def train_head(
     device = _device(config.device)
     torch.manual_seed(config.seed)
     head = copy.deepcopy(init_head) if init_head is not None else pipeline.new_head(config.seed)
+    head.thresholds = None  # chosen anew below, on this head's own held-out maps
     if not has_parameters(head):
         raise ValueError(f"the {head.kind!r} head has no trainable parameters")
     head = head.to(device).train().requires_grad_(True)
@@ -161,6 +167,7 @@ def train_head(
     if held_out:
         result.per_class = evaluate_head(pipeline, head, held_out)
         result.metrics = result.per_class["mean"]
+        head.thresholds = calibrate_head(pipeline, head, held_out)
     result.seconds = time.perf_counter() - started
     logger.info(
         "trained %s head: %d samples, %d epochs, %.1f s, final loss %.4f, held-out %s",
@@ -187,6 +194,66 @@ def evaluate_head(
         masks = torch.stack([s.mask for s in group]).bool().numpy()
         per_class[category] = (torch.cat(maps).numpy(), masks, torch.cat(scores).numpy(), None)
     return metrics.evaluate_per_class(per_class)
+
+
+@torch.inference_mode()
+def calibrate_head(
+    pipeline: Pipeline, head: AnomalyHead, samples: Sequence[TrainingSample]
+) -> Thresholds | None:
+    """The head's operating points on held-out ``samples`` (``clipsam.calibration``).
+
+    Pixel threshold: F1-max over the held-out pixels of the raw coarse maps (at the CLIP input
+    size, pooled over images and categories). Image threshold: F1-max over the image scores the
+    pipeline would give with that pixel threshold applied (text score fused with the map's
+    maximum; without SAM, which the held-out samples have no images for). None when the
+    held-out data has one kind of label only.
+    """
+    head = head.to(pipeline.device).eval()
+    maps: list[Tensor] = []
+    text_scores: list[Tensor] = []
+    masks: list[Tensor] = []
+    for category, group in _by_category(samples).items():
+        text = pipeline.text_features(category).to(pipeline.device)
+        for start in range(0, len(group), pipeline.config.batch_size):
+            chunk = group[start : start + pipeline.config.batch_size]
+            amaps, scores = pipeline.score_features(
+                [s.features for s in chunk], head, text, calibrated=False
+            )
+            assert scores is not None
+            maps.append(amaps.cpu())
+            text_scores.append(scores.float().cpu())
+        masks += [s.mask.bool() for s in group]
+    all_maps, all_masks = torch.cat(maps), torch.stack(masks)
+    pixel = f1_max_threshold(*_pixel_subsample(all_maps.numpy(), all_masks.numpy()))
+    normalised = calibrate_map(all_maps, Thresholds(pixel=pixel))
+    weight = pipeline.config.image_score_weight
+    peaks = normalised.flatten(1).max(dim=1).values.tolist()
+    image_scores = [
+        fuse_image_score(s, peak, weight)
+        for s, peak in zip(torch.cat(text_scores).tolist(), peaks, strict=True)
+    ]
+    labels = all_masks.flatten(1).any(dim=1).numpy()
+    image = f1_max_threshold(image_scores, labels)
+    if pixel is None and image is None:
+        return None
+    source = (
+        f"F1-max on {len(samples)} held-out images ({int(labels.sum())} defective), "
+        f"coarse maps at {all_maps.shape[-1]} px, no SAM"
+    )
+    thresholds = Thresholds(pixel, image, source)
+    logger.info("calibrated %s head: %s", head.kind, thresholds)
+    return thresholds
+
+
+def _pixel_subsample(
+    maps: np.ndarray, masks: np.ndarray, limit: int = CALIBRATION_PIXELS
+) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``limit`` pixels, drawn uniformly (seeded), so the F1-max sort stays cheap."""
+    scores, labels = maps.ravel(), masks.ravel()
+    if scores.size <= limit:
+        return scores, labels
+    keep = np.random.default_rng(0).choice(scores.size, size=limit, replace=False)
+    return scores[keep], labels[keep]
 
 
 def _text_features(pipeline: Pipeline, categories: set[str], device: torch.device) -> dict:
