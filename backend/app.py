@@ -34,7 +34,7 @@ from backend.model import ModelNotReady, ModelService, model_version
 from backend.predictor import TaskPredictor
 from backend.settings import Settings
 from training.corrections import project_id
-from training.registry import ModelRegistry
+from training.registry import HeadVersion, ModelRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -85,11 +85,13 @@ def create_app(settings: Settings | None = None, model: ModelService | None = No
     events = EventLog(settings.model_dir)
     serving = _serving_head(settings)
     if settings.head_path is None and serving is not None:
-        settings = dataclasses.replace(settings, head_path=serving)  # start on the promoted head
-    model = model or ModelService(settings)
+        settings = dataclasses.replace(settings, head_path=serving.path)  # the promoted head
+    model = model or ModelService(settings, fallbacks=lambda: _fallback_heads(settings))
     fetcher = ImageFetcher(settings)
     predictor = TaskPredictor(settings, model, fetcher)
     loop = CorrectionLoop(settings, model, events) if settings.corrections else None
+    if loop is not None:
+        loop.reloader.registry_version = serving.version if serving is not None else None
     project_configs: dict[str, str] = {}
 
     gate = PredictGate(settings.predict_concurrency or settings.threads, settings.predict_queue)
@@ -138,6 +140,14 @@ def create_app(settings: Settings | None = None, model: ModelService | None = No
         }
         if model.error:
             body["error"] = model.error
+        registry = loop.reloader.registry_version if loop is not None else None
+        if loop is None and serving is not None:
+            registry = serving.version
+        body["head"] = {
+            "loaded": model.loaded_head,  # what really answers /predict
+            "registry": registry,  # what the registry names as serving (None: training-free)
+            "fallback": model.fallback,  # why they differ, when they do
+        }
         return body
 
     @app.post("/setup", dependencies=[Depends(require_auth)])
@@ -238,13 +248,21 @@ def store_event(events: EventLog, action: str, payload: dict[str, Any]) -> None:
     metrics.webhook_event(action)
 
 
-def _serving_head(settings: Settings) -> Path | None:
+def _serving_head(settings: Settings) -> HeadVersion | None:
     try:
-        serving = ModelRegistry(settings.model_dir).serving()
+        return ModelRegistry(settings.model_dir).serving()
     except Exception as exc:  # an unreadable registry must not stop the service
         logger.error("model registry unreadable: %s", exc)
         return None
-    return serving.path if serving is not None else None
+
+
+def _fallback_heads(settings: Settings) -> list[Path]:
+    """Heads served before the registry's current one, newest first."""
+    try:
+        return [head.path for head in ModelRegistry(settings.model_dir).fallbacks()]
+    except Exception as exc:
+        logger.error("model registry unreadable: %s", exc)
+        return []
 
 
 def _predict(

@@ -16,11 +16,11 @@ import threading
 from pathlib import Path
 
 import redis
-import torch
 
 from backend.model import ModelService
 from clipsam import Pipeline
-from clipsam.heads import AnomalyHead, load_head
+from clipsam.heads import load_head
+from training.head_check import check_head, pipeline_shapes
 from training.registry import HEAD_FILE, SERVING_FILE, ModelRegistry, UnknownVersionError
 
 logger = logging.getLogger(__name__)
@@ -44,6 +44,8 @@ class HeadReloader:
         self._thread: threading.Thread | None = None
         self._pubsub: redis.client.PubSub | None = None
         self._loaded: set[str] = set()  # versions this process hot-reloaded
+        #: The serving version the registry named at the last sync (for /health).
+        self.registry_version: str | None = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="head-reloader", daemon=True)
@@ -64,12 +66,12 @@ class HeadReloader:
         version = self._serving_version()
         if version is None:
             return self._back_to_training_free(pipeline)
-        if version in (pipeline.head.version, self._failed):
+        if version in (pipeline.head.version, self._failed, self.model.rejected_head):
             return False  # already served, or known not to load (reported once, not per poll)
         with self._lock:
             try:
                 head = load_head(self._local_file(version), pipeline.clip.backbone_id)
-                validate_head(pipeline, head)
+                check_head(head, pipeline_shapes(pipeline))
             except Exception as exc:
                 self._failed = version
                 self.last_error = f"head {version} not loaded: {exc}"
@@ -78,12 +80,16 @@ class HeadReloader:
             previous = pipeline.head.version
             pipeline.set_head(head)
             self._loaded.add(version)
-            self.last_error = None
+            self.last_error = self.model.fallback = None
             logger.info("hot-reloaded head %s (was %s)", head.version, previous)
             return True
 
     def _serving_version(self) -> str | None:
-        """The registry's pointer; on a machine without that MODEL_DIR, Redis's copy of it."""
+        """The registry's pointer (remembered for /health); else Redis's copy of it."""
+        self.registry_version = self._registry_version()
+        return self.registry_version
+
+    def _registry_version(self) -> str | None:
         serving = self.registry.serving()
         if serving is not None:
             return serving.version
@@ -157,19 +163,3 @@ def _close(pubsub: redis.client.PubSub | None) -> None:
     if pubsub is not None:
         with contextlib.suppress(Exception):
             pubsub.close()
-
-
-@torch.inference_mode()
-def validate_head(pipeline: Pipeline, head: AnomalyHead) -> None:
-    """A dry run on the live backbone's shapes: finite logits of the right shape, or an error."""
-    clip = pipeline.clip
-    tokens = clip.grid * clip.grid
-    features = {
-        "stages": torch.zeros(1, len(clip.config.layers), tokens, clip.width),
-        "global": torch.zeros(1, clip.embed_dim),
-        "vv": torch.zeros(1, tokens, clip.embed_dim),
-    }
-    text = torch.nn.functional.normalize(torch.ones(2, clip.embed_dim), dim=-1)
-    logits = head.eval()(features, text)
-    if logits.shape[-3:] != (2, clip.grid, clip.grid) or not torch.isfinite(logits).all():
-        raise ValueError(f"head produced invalid logits {tuple(logits.shape)}")

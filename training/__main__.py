@@ -64,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     promote = sub.add_parser("promote", help="serve VERSION from now on")
     promote.add_argument("version", metavar="VERSION")
     promote.add_argument("--reason", default="promoted by hand", help="recorded in the history")
+    promote.add_argument(
+        "--allow-backbone-change",
+        action="store_true",
+        help="serve a head trained for another backbone than the serving head's (only after "
+        "switching the backends to that backbone)",
+    )
     sub.add_parser("rollback", help="undo the last promotion (down to the training-free head)")
     return parser
 
@@ -85,7 +91,9 @@ def _redis(url: str | None, model_dir: Path) -> redis.Redis | None:
 
 def _change(args: argparse.Namespace, registry: ModelRegistry) -> int:
     if args.command == "promote":
-        head = registry.promote(args.version, args.reason)
+        head = registry.promote(
+            args.version, args.reason, allow_backbone_change=args.allow_backbone_change
+        )
         print(f"serving {head.version} ({args.reason})")
     else:
         before = registry.serving()
@@ -114,7 +122,24 @@ def _versions(registry: ModelRegistry, as_json: bool) -> int:
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1])
     print(f"serving: {current or 'the training-free head'}")
+    if serving is not None:
+        problem = _serving_problem(serving)
+        if problem:
+            print(f"warning: the serving head fails its check ({problem}); backends serve the "
+                  "last good head instead (see /health)")  # fmt: skip
     return 0
+
+
+def _serving_problem(head: HeadVersion) -> str | None:
+    """Why the serving head would not load (a file damaged after its promotion), or None."""
+    from clipsam.heads import HeadLoadError
+    from training.head_check import HeadCheckError, check_head_file
+
+    try:
+        check_head_file(head.path, head.backbone_id or None)
+    except (HeadCheckError, HeadLoadError) as exc:
+        return str(exc)
+    return None
 
 
 def _history(registry: ModelRegistry, as_json: bool) -> int:

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     import redis
 
     from clipsam.heads import AnomalyHead
+    from training.head_check import BackboneShapes
 
 logger = logging.getLogger(__name__)
 
@@ -222,12 +223,27 @@ class ModelRegistry:
         logger.info("registered head %s (parent %s): %s", version, parent, clean_metrics)
         return self._from_meta(meta)
 
-    def promote(self, version: str, reason: str) -> HeadVersion:
-        """Serve ``version`` from now on; the head served before is retired."""
+    def promote(
+        self,
+        version: str,
+        reason: str,
+        shapes: BackboneShapes | None = None,
+        allow_backbone_change: bool = False,
+    ) -> HeadVersion:
+        """Serve ``version`` from now on; the head served before is retired.
+
+        The head must prove itself first (:func:`training.head_check.check_head_file`: whole
+        weights, all finite, a dry run on the backbone's ``shapes``, by default those its
+        backbone id stands for), and must be for the serving head's backbone unless
+        ``allow_backbone_change``; otherwise :class:`RegistryError` and nothing changes.
+        """
+        self._prove(version, self.get(version).backbone_id, shapes)  # slow: outside the lock
         with self._locked():
             meta = self._read_meta(version)
             self._check_head_file(version)
             previous = self._serving_version()
+            if previous not in (None, version) and not allow_backbone_change:
+                self._check_same_backbone(version, meta, previous)
             now = _now()
             self._write_pointer(version, now)  # the decisive step: old or new, never partial
             meta.update(status="promoted", reason=reason)
@@ -413,11 +429,50 @@ class ModelRegistry:
 
     def _usable(self, version: str) -> bool:
         try:
-            rejected = self._read_meta(version).get("status") == "rejected"
-            self._check_head_file(version)
+            meta = self._read_meta(version)
+            if meta.get("status") == "rejected":
+                return False  # rejected since it served: never to be served again
+            self._prove(version, meta.get("backbone_id"), None)
         except RegistryError:
             return False
-        return not rejected  # rejected since it served: never to be served again
+        return True
+
+    def _prove(self, version: str, backbone_id: str | None, shapes: BackboneShapes | None) -> None:
+        from training.head_check import HeadCheckError, check_head_file
+
+        try:
+            check_head_file(self.heads_dir / version / HEAD_FILE, backbone_id or None, shapes)
+        except (HeadCheckError, HeadLoadError) as exc:
+            raise RegistryError(f"refusing to serve head {version}: {exc}") from exc
+
+    def _check_same_backbone(self, version: str, meta: dict[str, Any], serving: str) -> None:
+        try:
+            current = self._read_meta(serving).get("backbone_id")
+        except RegistryError:
+            return  # the serving head's meta is gone: nothing to compare with
+        if current and meta.get("backbone_id") != current:
+            raise RegistryError(
+                f"refusing to serve head {version}: it was trained for backbone "
+                f"{meta.get('backbone_id')!r}, the serving head {serving} for {current!r} "
+                "(promote with allow_backbone_change / --allow-backbone-change if the backends "
+                "were switched to that backbone)"
+            )
+
+    def fallbacks(self) -> list[HeadVersion]:
+        """Heads served before the current one, newest first (rejected ones left out): what a
+        backend tries when the serving head will not load."""
+        with self._locked(shared=True):
+            current = self._serving_version()
+            chain = [v for v in reversed(self._promotion_stack()) if v != current]
+            heads = []
+            for version in dict.fromkeys(chain):
+                try:
+                    meta = self._read_meta(version)
+                except RegistryError:
+                    continue
+                if meta.get("status") != "rejected":
+                    heads.append(self._from_meta(meta))
+        return heads
 
     # ---- internals: pointer, history, Redis ------------------------------------------------
     def _serving_version(self) -> str | None:

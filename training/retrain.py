@@ -29,8 +29,9 @@ from clipsam.heads import load_head
 from clipsam.images import load_image
 from training.corrections import Correction
 from training.datasets import iter_labeled, load_samples
+from training.head_check import pipeline_shapes
 from training.redis_conn import connect
-from training.registry import ModelRegistry
+from training.registry import ModelRegistry, RegistryError
 from training.store import CorrectionStore
 from training.trainer import (
     TrainConfig,
@@ -189,8 +190,11 @@ def _retrain(
     )
     ok, why = registry.decide(candidate.version, result.metrics, serving_metrics)
     if ok:
-        registry.promote(candidate.version, why)
-    else:
+        try:  # the head proves itself on this very backbone before it serves
+            registry.promote(candidate.version, why, shapes=pipeline_shapes(pipeline))
+        except RegistryError as exc:
+            ok, why = False, str(exc)
+    if not ok:
         registry.reject(candidate.version, why)
     store.reset_pending(project, seen)
     summary = {

@@ -7,6 +7,7 @@ import time
 
 import httpx
 import numpy as np
+import pytest
 from PIL import Image
 
 import clipsam
@@ -16,7 +17,7 @@ from backend.settings import Settings
 from tests.backend.conftest import serve
 from tests.helpers import LABEL_CONFIG, count_backbone_calls, wait_for
 from tests.redis_process import RedisProcess
-from training.registry import ModelRegistry
+from training.registry import ModelRegistry, RegistryError
 
 
 def test_predictions_during_head_swaps_all_succeed_and_never_mix_heads(
@@ -90,7 +91,9 @@ def test_a_promoted_head_that_does_not_load_leaves_the_old_one_serving(embedded_
     with serve(app) as base, httpx.Client(base_url=base, timeout=60) as client:
         registry.promote(good.version, "test")
         wait_for(lambda: pipeline.head.version == good.version, 20)
-        registry.promote(alien_version, "test")
+        with pytest.raises(RegistryError, match="allow_backbone_change"):
+            registry.promote(alien_version, "test")  # another backend's head: refused by default
+        registry.promote(alien_version, "test", allow_backbone_change=True)
         reloader = app.state.loop.reloader
         wait_for(lambda: alien_version in (reloader.last_error or ""), 20)
         assert "someone-else" in reloader.last_error
