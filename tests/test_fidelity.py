@@ -1,9 +1,10 @@
 """APRIL-GAN's ``test.py`` zero-shot map, written out independently, beside the pipeline's.
 
-The reference is APRIL-GAN's code path (method spec §10; ``test.py`` at commit f13b8a6, lines
-174–182) in float64 numpy with a hand-written bilinear resize: per stage, tokens → Linear →
-L2-normalise → ``100 · tokens @ text`` → reshape to the grid → bilinear upsample with
-``align_corners=True`` → softmax over the two channels → channel 1; the **sum** over stages.
+The reference is APRIL-GAN's code path (method spec §10; ``test.py`` at commit f13b8a6, the
+resize and softmax at lines 179–181) in float64 numpy with a hand-written bilinear resize: per
+stage, tokens → Linear → L2-normalise → ``100 · tokens @ text`` → reshape to the grid →
+bilinear upsample with ``align_corners=True`` → softmax over the two channels → channel 1; the
+**sum** over stages.
 The pipeline's ``linear`` head gets the same Linear weights; its coarse map is the **mean**
 over stages (a deliberate difference, ``docs/method.md``), so it is compared ×S.
 """

@@ -59,7 +59,7 @@ def stage_logits(tokens: Tensor, text: Tensor, scale: float, grid: int) -> Tenso
 def stage_probabilities(logits: Tensor, size: int) -> Tensor:
     """Per-stage abnormal probability maps (B, S, size, size): the logits are upsampled
     bilinearly with ``align_corners=True``, then softmaxed, exactly as APRIL-GAN's ``test.py``
-    (lines 177–180) does; training uses this same function."""
+    (lines 179–181) does; training uses this same function."""
     batch, stages, _, grid, _ = logits.shape
     up = F.interpolate(
         logits.reshape(batch * stages, 2, grid, grid),
