@@ -35,6 +35,8 @@ from starlette.routing import Match
 from training.registry import ModelRegistry
 
 if TYPE_CHECKING:  # predictor.py imports this module: keep it light and free of cycles
+    from rq import Queue
+
     from backend.loop import CorrectionLoop
     from backend.model import ModelService
     from backend.settings import Settings
@@ -219,3 +221,39 @@ class StateCollector(Collector):
         for state, count in states.items():
             jobs.add_metric([state], count)
         yield jobs
+        try:
+            yield from retrain_failures(queue)
+        except Exception as exc:
+            logger.warning("metrics: failed retrain jobs unreadable: %s", exc)
+
+
+#: Failed jobs read per scrape for their reasons (the newest ones).
+FAILED_JOBS_READ = 100
+
+
+def retrain_failures(queue: Queue) -> Iterator[Metric]:
+    """Failed retrain jobs by kind (killed, timeout, error) and the newest one's reason."""
+    from rq.job import Job
+
+    from training.scheduler import ERROR, KILLED, TIMEOUT, failure_of
+
+    ids = queue.failed_job_registry.get_job_ids(cleanup=False)[-FAILED_JOBS_READ:]
+    jobs = [job for job in Job.fetch_many(ids, connection=queue.connection) if job is not None]
+    tally = Tally(failure_of(job)[0] for job in jobs)
+    family = GaugeMetricFamily(
+        "clipsam_retrain_failures",
+        "Failed retrain jobs kept in rq's failed registry, by reason: killed (worker died), "
+        "timeout, error (the job raised)",
+        labels=["reason"],
+    )
+    for kind in sorted({KILLED, TIMEOUT, ERROR, *tally}):
+        family.add_metric([kind], tally[kind])
+    yield family
+    if jobs:
+        newest = max(jobs, key=lambda job: job.ended_at or job.enqueued_at or job.created_at)
+        kind, reason = failure_of(newest)
+        yield InfoMetricFamily(
+            "clipsam_retrain_last_failure",
+            "The newest failed retrain job and why it failed",
+            value={"job": newest.id, "reason": kind, "message": reason.splitlines()[-1][:200]},
+        )

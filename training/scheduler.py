@@ -25,6 +25,30 @@ logger = logging.getLogger(__name__)
 
 QUEUE_NAME = "clipsam-retrain"
 ACTIVE = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
+#: Finished and failed jobs stay visible this long (rq's registries, /metrics).
+FAILURE_TTL = 7 * 24 * 3600
+#: Why a retrain failed, as /metrics reports it.
+KILLED, TIMEOUT, ERROR = "killed", "timeout", "error"
+
+
+def failure_of(job: Job) -> tuple[str, str]:
+    """(kind, reason) of a failed job: killed, timeout or error, and the message."""
+    return _failure_kind(job), _failure_text(job)
+
+
+def _failure_text(job: Job) -> str:
+    if job.meta.get("failure"):
+        return str(job.meta["failure"])
+    result = job.latest_result()
+    return (getattr(result, "exc_string", None) or "no reason recorded").strip()
+
+
+def _failure_kind(job: Job) -> str:
+    kind = job.meta.get("failure_kind")
+    if kind:
+        return str(kind)
+    text = _failure_text(job)
+    return TIMEOUT if "JobTimeoutException" in text or "timeout" in text.lower() else ERROR
 
 
 @dataclass(frozen=True)
@@ -73,6 +97,7 @@ class RetrainScheduler:
         A request or N corrections that arrived while that project's job was running (it took
         in only what was there when it started), and the interval policy.
         """
+        self.reap()
         jobs = []
         now = time.time()
         for project in self.store.projects():
@@ -99,26 +124,64 @@ class RetrainScheduler:
         except NoSuchJobError:
             existing = None
         # Job.fetch has just loaded the status: no second read from Redis.
-        if existing is not None and existing.get_status(refresh=False) in ACTIVE:
+        status = existing.get_status(refresh=False) if existing is not None else None
+        if existing is not None and status in ACTIVE:
             if not self._abandoned(existing, project):
                 logger.info("retrain of project %s already queued or running", project)
                 return None
-            logger.warning(
-                "retrain job of project %s stopped sending heartbeats (worker killed?); "
-                "marking it failed and starting over", project,
-            )  # fmt: skip
-            existing.delete()
+            self._bury_abandoned(existing)
+        elif existing is not None and status == JobStatus.FAILED:
+            self.archive(existing, _failure_kind(existing), _failure_text(existing))
         self.connection.set(self._last_key(project), time.time())
         job = self.queue.enqueue(
             "training.retrain.retrain_job",
             kwargs={**self.job_kwargs, "project": project, "reason": reason},
             job_id=job_id,
             job_timeout=self.policy.job_timeout,
-            result_ttl=7 * 24 * 3600,
-            failure_ttl=7 * 24 * 3600,
+            result_ttl=FAILURE_TTL,
+            failure_ttl=FAILURE_TTL,
         )
         logger.info("retrain of project %s queued: %s", project, reason)
         return job
+
+    def reap(self) -> list[str]:
+        """Move started jobs whose worker died (no heartbeat) to the failed registry."""
+        buried = []
+        for job_id in self.queue.started_job_registry.get_job_ids(cleanup=False):
+            try:
+                job = Job.fetch(job_id, connection=self.connection)
+            except NoSuchJobError:
+                continue
+            project = str((job.kwargs or {}).get("project", ""))
+            if project and self._abandoned(job, project):
+                buried.append(self._bury_abandoned(job))
+        return buried
+
+    def _bury_abandoned(self, job: Job) -> str:
+        project = (job.kwargs or {}).get("project")
+        logger.warning(
+            "retrain job of project %s stopped sending heartbeats (worker killed?); "
+            "recorded as failed", project,
+        )  # fmt: skip
+        return self.archive(job, KILLED, "worker stopped sending heartbeats (killed or lost)")
+
+    def archive(self, job: Job, kind: str, reason: str) -> str:
+        """Keep a failed or killed run in rq's failed registry under an id of its own (the
+        project's job id is reused by its next run), with why; returns the archived id."""
+        record = Job.create(
+            job.func_name, kwargs=job.kwargs, connection=self.connection, origin=QUEUE_NAME,
+            id=f"{job.id}-{kind}-{int(time.time() * 1000)}", description=job.description,
+            failure_ttl=FAILURE_TTL, meta={**job.meta, "failure_kind": kind, "failure": reason},
+        )  # fmt: skip
+        record.started_at = job.started_at
+        record.ended_at = datetime.now(UTC)
+        record.set_status(JobStatus.FAILED, pipeline=None)
+        record.save()
+        self.queue.failed_job_registry.add(record, ttl=FAILURE_TTL, exc_string=reason)
+        self.queue.started_job_registry.remove_executions(job)
+        self.queue.failed_job_registry.remove(job)
+        job.delete()
+        return record.id
 
     def _enough(self, pending: int) -> bool:
         """The N-corrections policy: enough new corrections since the last run."""

@@ -13,6 +13,7 @@ import pytest
 from rq import Queue, SimpleWorker
 
 import clipsam
+from backend.metrics import retrain_failures
 from clipsam.data import load_mask, make_synthetic_dataset, read_mvtec
 from clipsam.heads import load_head
 from clipsam.images import load_image
@@ -22,7 +23,7 @@ from tests.redis_process import RedisProcess
 from training.corrections import correction_from_event
 from training.registry import ModelRegistry
 from training.retrain import alive_key
-from training.scheduler import QUEUE_NAME, RetrainPolicy, RetrainScheduler
+from training.scheduler import QUEUE_NAME, RetrainPolicy, RetrainScheduler, failure_of
 from training.store import CorrectionStore
 
 REPO = Path(__file__).resolve().parents[2]
@@ -71,12 +72,21 @@ def test_a_worker_killed_mid_training_leaves_serving_intact(tmp_path, monkeypatc
 
             assert registry.serving().version == served.version
             assert [v.version for v in registry.versions()] == [served.version]
+            # The dead run is recorded, with why: rq's failed registry and /metrics.
+            (buried,) = wait_for(lambda: scheduler.reap(), 20, "the dead job to be reaped")
+            failed = scheduler.queue.failed_job_registry
+            assert failed.get_job_ids() == [buried] and buried.startswith("retrain-3-killed-")
+            assert "stopped sending heartbeats" in failure_of(scheduler.queue.fetch_job(buried))[1]
+            samples = {(m.name, tuple(s.labels.values())): s.value
+                       for m in retrain_failures(scheduler.queue) for s in m.samples}  # fmt: skip
+            assert samples[("clipsam_retrain_failures", ("killed",))] == 1
             assert load_head(served.path, pipeline.clip.backbone_id).version == served.version
             assert len(store.list_project("3")) == 10 and store.pending("3") == 10
 
             # rq still calls the job "started"; its missing heartbeat lets a new one be queued.
             scheduler.job_kwargs["epochs"] = 2
-            retry = wait_for(lambda: scheduler.enqueue("3", "after the crash"), 20, "a requeue")
+            retry = scheduler.enqueue("3", "after the crash")
+            assert retry is not None
             SimpleWorker([Queue(QUEUE_NAME, connection=connection)], connection=connection).work(
                 burst=True
             )
