@@ -23,12 +23,13 @@ from fastapi import Depends, FastAPI, HTTPException, Request, Response, status
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel, ConfigDict, Field
 
-from backend import metrics
+from backend import log_redact, metrics
 from backend.admission import PredictGate, RateLimiter
 from backend.events import EventLog
 from backend.fetch import ImageFetcher
 from backend.label_config import LabelConfigError, LabelSpec, parse_label_config
 from backend.limits import RequestLimits
+from backend.log_throttle import ThrottledWarning
 from backend.loop import CorrectionLoop
 from backend.model import ModelNotReady, ModelService, model_version
 from backend.predictor import TaskPredictor
@@ -82,6 +83,7 @@ class WebhookEvent(BaseModel):
 
 def create_app(settings: Settings | None = None, model: ModelService | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
+    log_redact.install()  # ?secret= never reaches the access log
     events = EventLog(settings.model_dir)
     serving = _serving_head(settings)
     if settings.head_path is None and serving is not None:
@@ -299,4 +301,15 @@ def _secret_ok(secret: str, request: Request) -> bool:
         auth[7:] if auth.lower().startswith("bearer ") else "",
         request.query_params.get("secret", ""),
     ]
-    return any(c and secrets.compare_digest(c, secret) for c in candidates)
+    if any(c and secrets.compare_digest(c, secret) for c in candidates[:2]):
+        return True
+    if candidates[2] and secrets.compare_digest(candidates[2], secret):
+        _QUERY_SECRET.warning(
+            "webhook secret sent in the URL (?secret=); it is masked in the access log, but "
+            "prefer the X-Webhook-Secret header (Label Studio: Settings → Webhooks → headers)"
+        )
+        return True
+    return False
+
+
+_QUERY_SECRET = ThrottledWarning(logger, every=3600.0)

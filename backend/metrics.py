@@ -32,6 +32,7 @@ from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.routing import Match
 
+from backend.log_throttle import ThrottledWarning
 from training.registry import ModelRegistry
 
 if TYPE_CHECKING:  # predictor.py imports this module: keep it light and free of cycles
@@ -164,6 +165,7 @@ class StateCollector(Collector):
         self.model = model
         self.loop = loop
         self.registry = loop.registry if loop is not None else ModelRegistry(settings.model_dir)
+        self._outage = ThrottledWarning(logger)
 
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily(
@@ -209,7 +211,7 @@ class StateCollector(Collector):
                 "failed": queue.failed_job_registry.get_job_count(cleanup=False),
             }
         except Exception as exc:  # Redis down: say so instead of failing the scrape
-            logger.warning("metrics: Redis unavailable: %s", exc)
+            self._outage.warning("metrics: Redis unavailable: %s", exc)
             yield GaugeMetricFamily("clipsam_redis_up", "1 when Redis answered", value=0)
             return
         yield GaugeMetricFamily("clipsam_redis_up", "1 when Redis answered", value=1)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import redis
 
+from backend.log_throttle import ThrottledWarning
 from backend.model import ModelService
 from clipsam import Pipeline
 from clipsam.heads import load_head
@@ -46,6 +47,7 @@ class HeadReloader:
         self._loaded: set[str] = set()  # versions this process hot-reloaded
         #: The serving version the registry named at the last sync (for /health).
         self.registry_version: str | None = None
+        self._outage = ThrottledWarning(logger)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="head-reloader", daemon=True)
@@ -133,7 +135,7 @@ class HeadReloader:
             except Exception as exc:  # Redis restarting, or stop() closed the subscription
                 if self._stop.is_set():
                     break
-                logger.warning("promotion channel unavailable (%s); polling the registry", exc)
+                self._outage.warning("promotion channel unavailable (%s); polling instead", exc)
                 _close(self._pubsub)
                 self._pubsub = None
                 self._stop.wait(self.poll)

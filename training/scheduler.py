@@ -18,6 +18,7 @@ from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
+from backend.log_throttle import ThrottledWarning
 from training.retrain import alive_key, heartbeat_seconds
 from training.store import CorrectionStore
 
@@ -76,6 +77,7 @@ class RetrainScheduler:
         self.prefix = prefix
         self.queue = Queue(QUEUE_NAME, connection=connection)
         self._stop = threading.Event()
+        self._outage = ThrottledWarning(logger)
 
     def on_event(self, action: str, project: str | None) -> Job | None:
         """Called after each event reached the store."""
@@ -206,7 +208,7 @@ class RetrainScheduler:
             try:
                 self.tick()
             except redis.exceptions.RedisError as exc:
-                logger.warning("retrain check skipped: %s", exc)
+                self._outage.warning("retrain check skipped: %s", exc)
             except Exception:  # the loop must outlive any surprise
                 logger.exception("retrain check failed")
 

@@ -40,6 +40,7 @@ class Flood:
     base_url: str
     concurrency: int = 16
     timeout: float = 30.0
+    send_path: str = "/webhook"
     acked: set[int] = field(default_factory=set)
     refused: set[int] = field(default_factory=set)
     codes: Counter = field(default_factory=Counter)
@@ -54,7 +55,7 @@ class Flood:
     def _one(self, client: httpx.Client, event: dict) -> None:
         start = time.perf_counter()
         try:
-            code = client.post("/webhook", json=event).status_code
+            code = client.post(self.send_path, json=event).status_code
         except httpx.HTTPError:
             code = 0  # no answer: not acknowledged
         with self._lock:
