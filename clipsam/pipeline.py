@@ -225,7 +225,7 @@ class Pipeline:
         features = self.clip_features(images, hashes)
         maps, text_scores = self.score_features(features, head, text)
         assert text_scores is not None
-        amaps = [_resize_map(maps[i], image.shape[:2]) for i, image in enumerate(images)]
+        amaps = [resize_map(maps[i], image.shape[:2]) for i, image in enumerate(images)]
         components = [find_components(amap, self.config.mmr) for amap in amaps]
         use_sam = self.sam is not None and self.config.mmr.use_sam
         to_refine = [i for i, comps in enumerate(components) if comps and use_sam]
@@ -337,7 +337,7 @@ def _resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _resize_map(amap: Tensor, shape: tuple[int, ...]) -> np.ndarray:
+def resize_map(amap: Tensor, shape: tuple[int, ...]) -> np.ndarray:
     """A (S, S) map → (H, W) float32 numpy in [0, 1], bilinear (method spec §3.1)."""
     height, width = int(shape[0]), int(shape[1])
     resized = F.interpolate(amap[None, None].float(), size=(height, width), mode="bilinear")
