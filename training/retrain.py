@@ -25,12 +25,13 @@ from rq import get_current_job
 from backend.fetch import ImageFetcher
 from backend.settings import Settings
 from clipsam import Pipeline, load_pipeline
-from clipsam.heads import load_head
+from clipsam.heads import AnomalyHead, load_head
 from clipsam.images import load_image
 from training.corrections import Correction
 from training.datasets import iter_labeled, load_samples
 from training.head_check import pipeline_shapes
 from training.redis_conn import connect
+from training.region_metrics import head_region_metrics
 from training.registry import ModelRegistry, RegistryError
 from training.store import CorrectionStore
 from training.trainer import (
@@ -180,15 +181,18 @@ def _retrain(
     init = current if has_parameters(current) else pipeline.new_head(seed, kind="umci")
     config = TrainConfig(epochs=epochs, seed=seed, progress=False)
     result = train_head(pipeline, train, held_out, config, init_head=init)
-    serving_metrics = evaluate_head(pipeline, current, held_out)["mean"] if held_out else None
+    metrics, serving_metrics = dict(result.metrics), None
+    if held_out:  # both heads on the same held-out corrections
+        metrics = judge_head(pipeline, result.head, held_out)
+        serving_metrics = judge_head(pipeline, current, held_out)
     extra = {"project": project, "reason": reason, "train": len(train), "held_out": len(held_out)}
     candidate = registry.register(
         result.head,
-        result.metrics,
+        metrics,
         parent=serving.version if serving else current.version,
         extra=extra,
     )
-    ok, why = registry.decide(candidate.version, result.metrics, serving_metrics)
+    ok, why = registry.decide(candidate.version, metrics, serving_metrics)
     if ok:
         try:  # the head proves itself on this very backbone before it serves
             registry.promote(candidate.version, why, shapes=pipeline_shapes(pipeline))
@@ -202,7 +206,7 @@ def _retrain(
         "status": "promoted" if ok else "rejected",
         "version": candidate.version,
         "reason": why,
-        "metrics": result.metrics,
+        "metrics": metrics,
         "serving_metrics": serving_metrics,
         "train": len(train),
         "held_out": len(held_out),
@@ -210,6 +214,19 @@ def _retrain(
     }
     logger.info("retrain of project %s: %s", project, summary)
     return summary
+
+
+def judge_head(
+    pipeline: Pipeline, head: AnomalyHead, held_out: list[TrainingSample]
+) -> dict[str, float]:
+    """What the promotion gate compares (``ModelRegistry.decide``): the held-out pixel metrics
+    (mean over classes; AUROC ranks pixels whatever the threshold) and what the annotator sees
+    at the head's own calibrated threshold (``training.region_metrics``: region Dice, F1, and
+    whether it returns any region on the held-out defects)."""
+    return {
+        **evaluate_head(pipeline, head, held_out)["mean"],
+        **head_region_metrics(pipeline, head, held_out),
+    }
 
 
 def _pipeline(preset: str, overrides: dict[str, Any]) -> Pipeline:
