@@ -11,8 +11,13 @@ thresholds is left exactly as it was.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
+import logging
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -20,6 +25,8 @@ import numpy.typing as npt
 import torch
 from sklearn.metrics import precision_recall_curve
 from torch import Tensor
+
+logger = logging.getLogger(__name__)
 
 #: Where a calibrated threshold lands after :func:`normalize_scores`.
 CALIBRATED_LEVEL = 0.5
@@ -116,3 +123,50 @@ def calibrate_score(score: float, thresholds: Thresholds | None) -> float:
     if thresholds is None or thresholds.image is None:
         return score
     return float(normalize_scores(np.asarray([score], dtype=np.float64), thresholds.image)[0])
+
+
+#: The training-free head's thresholds, calibrated once per shipped backbone on the miniature
+#: world's training categories (``python -m training.miniature.thresholds``), keyed by backbone
+#: id; each entry names the weights file it was calibrated on and that file's sha256.
+ZERO_SHOT_THRESHOLDS_FILE = Path(__file__).parent / "model_weights" / "zero_shot_thresholds.json"
+
+
+def zero_shot_thresholds(backbone_id: str, table: Path | None = None) -> Thresholds | None:
+    """The thresholds shipped for the training-free head on ``backbone_id``, else None.
+
+    An entry whose weights file is missing or has changed since (a retrained backbone under the
+    same id) is ignored with a warning: its thresholds were chosen for other features.
+    """
+    table = table or ZERO_SHOT_THRESHOLDS_FILE
+    try:
+        entries = json.loads(table.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        logger.warning("%s is unreadable (%s); training-free head uncalibrated", table, exc)
+        return None
+    entry = entries.get(backbone_id) if isinstance(entries, dict) else None
+    if not isinstance(entry, dict):
+        return None
+    weights = table.parent / str(entry.get("weights", ""))
+    if not weights.is_file() or _file_sha256(weights) != entry.get("sha256"):
+        logger.warning(
+            "%s: the thresholds for %s were calibrated on other weights than %s; the "
+            "training-free head runs uncalibrated", table, backbone_id, weights,
+        )  # fmt: skip
+        return None
+    return Thresholds.from_dict(entry)
+
+
+def _file_sha256(path: Path) -> str:
+    stat = path.stat()
+    return _sha256_cached(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from clipsam.cache import FeatureCache
-from clipsam.calibration import calibrate_map, calibrate_score
+from clipsam.calibration import calibrate_map, calibrate_score, zero_shot_thresholds
 from clipsam.clip_backbone import ClipBackbone, build_clip
 from clipsam.config import HeadKind, PipelineConfig, config_to_dict, resolve_config
 from clipsam.heads import AnomalyHead, HeadMismatchError, build_head, coarse_map, load_head
@@ -318,10 +318,12 @@ def load_pipeline(preset: str | PipelineConfig = "paper", **overrides: Any) -> P
 
 
 def fresh_head(config: PipelineConfig, clip: ClipBackbone, seed: int) -> AnomalyHead:
-    """A new head of ``config.head`` kind for ``clip``, initialised from ``seed``."""
+    """A new head of ``config.head`` kind for ``clip``, initialised from ``seed``; the
+    training-free head comes with the thresholds shipped for this backbone, if any
+    (:func:`clipsam.calibration.zero_shot_thresholds`)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return build_head(
+        head = build_head(
             config.head,
             clip.backbone_id,
             in_dim=clip.width,
@@ -329,6 +331,9 @@ def fresh_head(config: PipelineConfig, clip: ClipBackbone, seed: int) -> Anomaly
             stages=len(clip.config.layers),
             grid=clip.grid,
         )
+    if head.kind == "none":
+        head.thresholds = zero_shot_thresholds(clip.backbone_id)
+    return head
 
 
 def _resolve_device(name: str) -> torch.device:
