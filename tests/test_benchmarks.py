@@ -30,3 +30,23 @@ def test_benchmark_script_writes_its_report(script, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     report = out.read_text()
     assert report.startswith("# ") and expected in report, report
+
+
+@pytest.mark.slow
+def test_miniature_ablation_writes_its_tables_and_grid(tmp_path):
+    """benchmarks/miniature.py at a reduced size (random weights: the numbers mean nothing)."""
+    out, grid = tmp_path / "ablation.md", tmp_path / "pictures" / "grid.png"
+    args = ["--weights", "random", "--threads", "1", "--train-per-category", "1",
+            "--heldout-per-category", "3", "--epochs", "1", "--rows", "2"]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "miniature.py"), *args,
+         "--out", str(out), "--grid", str(grid)],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = out.read_text()
+    for row in ("| UMCI, strip path only |", "| L2: box prompts only |", "| HSF (AdaCLIP)"):
+        assert row in report, report
+    assert "](pictures/grid.png)" in report
+    assert "| training-free head |" in done.stdout  # the tables go to stdout too
+    assert 0 < grid.stat().st_size < 600 * 1024
