@@ -95,3 +95,32 @@ def synthetic_visa(
                     yield category, split, image, mask if defects else None
 
     return write_visa(root, items())
+
+
+def world_visa(
+    root: str | Path,
+    categories: Sequence[str],
+    n_good: int = 8,
+    n_defect: int = 12,
+    seed: int = 0,
+    size: tuple[int, int] = (224, 224),
+) -> Path:
+    """The miniature world's ``categories`` (``clipsam.data.world``) in the VisA layout, test
+    split only: per category ``n_good`` normal images and ``n_defect`` images with one or two
+    defects of one kind, the kinds taken round-robin over ``WORLD_DEFECT_TYPES`` (as
+    ``make_world_dataset`` does for the MVTec-AD layout)."""
+    from clipsam.data.world import WORLD_DEFECT_TYPES, render_sample
+
+    def items() -> Iterable[Item]:
+        for c_index, category in enumerate(categories):
+            for defective, count in ((False, n_good), (True, n_defect)):
+                for index in range(count):
+                    rng = np.random.default_rng([seed, 4243, c_index, defective, index])
+                    kinds: tuple[str, ...] = ()
+                    if defective:
+                        kind = WORLD_DEFECT_TYPES[index % len(WORLD_DEFECT_TYPES)]
+                        kinds = (kind,) * int(rng.integers(1, 3))
+                    sample = render_sample(category, rng, size, kinds)
+                    yield category, "test", sample.image, sample.mask if defective else None
+
+    return write_visa(root, items())

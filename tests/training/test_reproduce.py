@@ -92,3 +92,49 @@ def test_help_lists_the_options(capsys):
     text = capsys.readouterr().out
     for option in ("--mvtec", "--visa", "--preset", "--epochs", "--out", "--max-images"):
         assert option in text
+
+
+@pytest.mark.slow
+def test_reproduce_on_the_miniature_world(tmp_path, capsys):
+    """--miniature: the world's training categories in the MVTec-AD layout, its held-out ones
+    in the VisA layout, trained on one and tested zero-shot on the other (random weights here:
+    the plumbing, not the numbers)."""
+    import torch
+
+    from clipsam.data.world import HELDOUT_CATEGORIES, TRAIN_CATEGORIES
+
+    world, out = tmp_path / "world", tmp_path / "mini.json"
+    threads = torch.get_num_threads()
+    try:
+        code = reproduce.main(
+            ["--miniature", "--weights", "random", "--max-images", "2", "--epochs", "1",
+             "--threads", "1", "--device", "cpu", "--quiet", "--world-dir", str(world),
+             "--out", str(out)]
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0
+    printed = capsys.readouterr().out
+    print(printed)
+    assert (
+        "zero-shot on the miniature world's held-out categories (VisA layout) (8 images), "
+        "trained on the miniature world's training categories (MVTec-AD layout) test split "
+        "(32 images, 1 epoch," in printed
+    )
+    assert "| ClipSAM (paper Tab. 1), on VisA | 95.6 | 33.1 | 26.7 | 87.5 | – |" in printed
+    assert printed.count("| **ours** |") == 1
+    payload = json.loads(out.read_text())
+    assert payload["preset"] == "tiny"
+    [run] = payload["runs"]
+    assert (run["train"], run["test"]) == ("miniature-train", "miniature-heldout")
+    assert set(run["per_class"]) == {"mean", *HELDOUT_CATEGORIES}
+    assert 0.0 <= run["metrics"]["pixel_auroc"] <= 1.0
+    assert sorted(p.name for p in (world / "train-mvtec").iterdir()) == sorted(TRAIN_CATEGORIES)
+    assert {s.category for s in read_visa(world / "heldout-visa")} == set(HELDOUT_CATEGORIES)
+
+
+def test_miniature_usage_errors(tmp_path, capsys):
+    assert reproduce.main(["--miniature", "--mvtec", str(tmp_path)]) == 2
+    assert "either --miniature or --mvtec and --visa" in capsys.readouterr().err
+    assert reproduce.main(["--world-dir", str(tmp_path), "--mvtec", "a", "--visa", "b"]) == 2
+    assert reproduce.main(["--miniature", "--threads", "0"]) == 2
