@@ -66,7 +66,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="override the tiny preset's weights (default: the preset's, i.e. the shipped "
         "micro-CLIP and micro-SAM)",
     )
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads(N)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch.set_num_threads(N); 0: one per core not busy with other processes",
+    )
     parser.add_argument(
         "--out",
         type=Path,
@@ -113,6 +118,13 @@ IMAGE_SCORES: dict[str, tuple[str, float]] = {
     "fused, w = 0.5 (default)": ("clip_max", 0.5),
     "HSF (AdaCLIP), w = 0.5": ("hsf", 0.5),
 }
+
+
+def free_cores() -> int:
+    """Cores not busy with other processes (by the 1-minute load average), at least one: the
+    heads here are small, and threads that wait on busy cores make them many times slower."""
+    cores = len(os.sched_getaffinity(0))
+    return max(1, min(cores, round(cores - os.getloadavg()[0])))
 
 
 class Progress:
@@ -279,8 +291,7 @@ def run(args: argparse.Namespace) -> str:
     from training.miniature import protocol
     from training.trainer import evaluate_head
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or free_cores())
     say = Progress()
     overrides: dict[str, Any] = {"cache_items": 100_000}  # every image's features stay cached
     if args.weights:
