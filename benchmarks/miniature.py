@@ -283,6 +283,8 @@ def _relative(path: Path, start: Path) -> str:
 
 
 def run(args: argparse.Namespace) -> str:
+    # The repository root first: this folder's training.py would shadow the training package.
+    sys.path.insert(0, str(_report.ROOT))
     import torch
 
     import clipsam
