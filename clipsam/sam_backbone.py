@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,11 +33,18 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SamArch:
+    """The sizes of one SAM; the defaults are those of the released checkpoints."""
+
     embed_dim: int
     depth: int
     heads: int
     global_attn: tuple[int, ...]
     img_size: int = 1024
+    window_size: int = 14
+    prompt_dim: int = 256
+    decoder_mlp_dim: int = 2048
+    decoder_heads: int = 8
+    iou_head_hidden_dim: int = 256
 
 
 #: segment-anything's three released sizes, and a tiny one for tests (same modules, random).
@@ -47,10 +55,28 @@ SAM_ARCHS: dict[str, SamArch] = {
     "tiny": SamArch(64, 2, 2, (1,), img_size=256),
 }
 
+#: micro-SAM: the same modules at a size that trains on CPU in minutes
+#: (``training/miniature/sam.py``). Not yet the "tiny" preset: see docs/miniature.md.
+MICRO_SAM_ARCH = SamArch(
+    112,
+    4,
+    4,
+    (1, 3),
+    img_size=256,
+    window_size=8,
+    prompt_dim=128,
+    decoder_mlp_dim=512,
+    decoder_heads=4,
+    iou_head_hidden_dim=128,
+)
+
+#: micro-SAM's shipped weights (float16 safetensors, loaded into the float32 model).
+MICRO_SAM_WEIGHTS = Path(__file__).resolve().parent / "model_weights" / "micro_sam.safetensors"
+
 
 def build_sam_model(arch: SamArch) -> Sam:
-    """segment-anything's ``_build_sam`` with the input size as a parameter; random weights."""
-    prompt_dim, patch = 256, 16
+    """segment-anything's ``_build_sam`` with the sizes as parameters; random weights."""
+    prompt_dim, patch = arch.prompt_dim, 16
     grid = arch.img_size // patch
     return Sam(
         image_encoder=ImageEncoderViT(
@@ -64,7 +90,7 @@ def build_sam_model(arch: SamArch) -> Sam:
             qkv_bias=True,
             use_rel_pos=True,
             global_attn_indexes=arch.global_attn,
-            window_size=14,
+            window_size=arch.window_size,
             out_chans=prompt_dim,
         ),
         prompt_encoder=PromptEncoder(
@@ -76,11 +102,14 @@ def build_sam_model(arch: SamArch) -> Sam:
         mask_decoder=MaskDecoder(
             num_multimask_outputs=3,
             transformer=TwoWayTransformer(
-                depth=2, embedding_dim=prompt_dim, mlp_dim=2048, num_heads=8
+                depth=2,
+                embedding_dim=prompt_dim,
+                mlp_dim=arch.decoder_mlp_dim,
+                num_heads=arch.decoder_heads,
             ),
             transformer_dim=prompt_dim,
             iou_head_depth=3,
-            iou_head_hidden_dim=256,
+            iou_head_hidden_dim=arch.iou_head_hidden_dim,
         ),
         pixel_mean=[123.675, 116.28, 103.53],
         pixel_std=[58.395, 57.12, 57.375],
@@ -127,7 +156,7 @@ class SamBackbone:
 
     @torch.inference_mode()
     def embed(self, images: list[np.ndarray]) -> Tensor:
-        """Image embeddings (B, 256, g, g) for RGB uint8 arrays of any sizes."""
+        """Image embeddings (B, prompt_dim, g, g) for RGB uint8 arrays of any sizes."""
         batch = []
         for image in images:
             resized = torch.as_tensor(self.transform.apply_image(image), device=self.device)
@@ -189,6 +218,32 @@ class SamBackbone:
         return masks[:, 0] > self.sam.mask_threshold, iou.float()
 
 
+def read_sam_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """A SAM state dict from an official ``.pth`` or a ``.safetensors`` file, as float32."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state_dict = load_file(str(path), device="cpu")
+    else:
+        state_dict = torch.load(str(path), map_location="cpu", weights_only=True)
+    return {
+        key: value.float() if value.is_floating_point() else value
+        for key, value in state_dict.items()
+    }
+
+
+def load_sam_weights(sam: Sam, path: str | Path) -> Sam:
+    """Load ``path`` into ``sam`` (``strict=True``: every tensor, and only those)."""
+    sam.load_state_dict(read_sam_state_dict(path), strict=True)
+    return sam
+
+
+def load_micro_sam(path: str | Path = MICRO_SAM_WEIGHTS) -> Sam:
+    """micro-SAM as segment-anything builds a SAM: ``build_sam_model`` then the weights."""
+    return load_sam_weights(build_sam_model(MICRO_SAM_ARCH), path).eval()
+
+
 def build_sam(
     config: SamConfig, weights: WeightSource, seed: int, fast_attention: bool = True
 ) -> SamBackbone:
@@ -204,6 +259,5 @@ def build_sam(
         sam = build_sam_model(arch)
     if weights.file is not None:
         logger.info("loading SAM weights from %s", weights.file)
-        state_dict = torch.load(str(weights.file), map_location="cpu", weights_only=True)
-        sam.load_state_dict(state_dict, strict=True)
+        load_sam_weights(sam, weights.file)
     return SamBackbone(sam, f"sam-{config.sam_model}/{weights.name}", fast_attention)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from clipsam.precision import autocast_dtype, cpu_has_bf16
-from clipsam.sam_backbone import SAM_ARCHS, SamArch, build_sam_model
+from clipsam.sam_backbone import MICRO_SAM_ARCH, SAM_ARCHS, SamArch, build_sam_model
 from clipsam.sam_fast import (
     disable_fast_attention,
     disable_fast_decoder,
@@ -21,8 +21,8 @@ from clipsam.sam_fast import (
 
 @pytest.mark.parametrize(
     "arch",
-    [SAM_ARCHS["tiny"], SamArch(96, 3, 4, (2,), img_size=320)],  # windowed + global blocks
-    ids=["tiny", "3-blocks-320px"],
+    [SAM_ARCHS["tiny"], SamArch(96, 3, 4, (2,), img_size=320), MICRO_SAM_ARCH],
+    ids=["tiny", "3-blocks-320px", "micro-sam"],  # windowed + global blocks
 )
 def test_sam_encoder_with_sdpa_matches_stock(arch):
     torch.manual_seed(0)
@@ -82,7 +82,8 @@ def test_fast_sam_decoder_matches_stock(make_tiny, multimask):
     disable_fast_decoder(stock)
     assert "predict_masks" in sam.sam.mask_decoder.__dict__  # the pipeline's SAM uses it
     torch.manual_seed(1)
-    embedding = torch.randn(1, 256, 16, 16)
+    dim = sam.sam.prompt_encoder.embed_dim
+    embedding = torch.randn(1, dim, 16, 16)
     points = (torch.rand(5, 2, 2) * 256, torch.ones(5, 2, dtype=torch.int))
     boxes = torch.tensor([[10.0, 20, 100, 120]] * 5) + torch.arange(5)[:, None] * 7
     sparse, dense = sam.sam.prompt_encoder(points=points, boxes=boxes, masks=None)
@@ -96,7 +97,7 @@ def test_fast_sam_decoder_matches_stock(make_tiny, multimask):
     assert torch.allclose(masks, expected_masks, atol=1e-4, rtol=1e-4)
     assert torch.allclose(iou, expected_iou, atol=1e-5)
     with torch.inference_mode():  # a mask prompt (per-prompt dense input) takes the stock path
-        dense_masks = torch.randn(5, 256, 16, 16)
+        dense_masks = torch.randn(5, dim, 16, 16)
         got, _ = sam.sam.mask_decoder(**{**args, "dense_prompt_embeddings": dense_masks})
         want, _ = stock(**{**args, "dense_prompt_embeddings": dense_masks})
     assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)

@@ -1,0 +1,1 @@
+"""Miniature models trained here on the synthetic world (no downloads): micro-SAM, micro-CLIP."""
