@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
+import math
 import os
 import threading
 import time
@@ -130,8 +131,12 @@ def retrain_job(
     holdout: float = 0.2,
     base_data: list[str] | None = None,
     seed: int = 0,
+    min_steps: int | None = None,
 ) -> dict[str, Any]:
     """Train from the serving head on the project's corrections; promote or reject.
+
+    Small correction sets train more epochs, so that every retrain takes at least
+    ``min_steps`` optimiser steps (default :data:`MIN_STEPS`).
 
     Redis: the worker's own connection inside an rq job, else ``redis_url`` (or the embedded
     server of ``model_dir``).
@@ -140,7 +145,8 @@ def retrain_job(
     connection = job.connection if job is not None else connect(redis_url, Path(model_dir))
     with heartbeat(connection, project):
         return _retrain(connection, project, reason, model_dir, preset, pipeline_overrides,
-                        settings, epochs, holdout, base_data, seed)  # fmt: skip
+                        settings, epochs, holdout, base_data, seed,
+                        MIN_STEPS if min_steps is None else min_steps)  # fmt: skip
 
 
 def _retrain(
@@ -155,6 +161,7 @@ def _retrain(
     holdout: float,
     base_data: list[str] | None,
     seed: int,
+    min_steps: int,
 ) -> dict[str, Any]:
     started = time.perf_counter()
     overrides = dict(pipeline_overrides or {})
@@ -180,6 +187,9 @@ def _retrain(
     current = load_head(serving.path, pipeline.clip.backbone_id) if serving else pipeline.head
     init = current if has_parameters(current) else pipeline.new_head(seed, kind="umci")
     config = TrainConfig(epochs=epochs, seed=seed, progress=False)
+    config = dataclasses.replace(
+        config, epochs=epochs_for(len(train), epochs, config.batch_size, min_steps)
+    )
     result = train_head(pipeline, train, held_out, config, init_head=init)
     metrics, serving_metrics = dict(result.metrics), None
     if held_out:  # both heads on the same held-out corrections
@@ -214,6 +224,17 @@ def _retrain(
     }
     logger.info("retrain of project %s: %s", project, summary)
     return summary
+
+
+#: Optimiser steps a retrain takes at least: 10 epochs of 32 corrections are 40 steps, too few
+#: for a fresh head to match the training-free one (docs/method.md §13, "The loop, measured").
+MIN_STEPS = 160
+
+
+def epochs_for(samples: int, epochs: int, batch_size: int, min_steps: int = MIN_STEPS) -> int:
+    """``epochs``, or more when a small correction set would give fewer than ``min_steps``."""
+    batches = max(1, math.ceil(samples / batch_size))
+    return max(epochs, math.ceil(min_steps / batches))
 
 
 def judge_head(

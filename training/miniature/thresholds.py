@@ -37,7 +37,7 @@ SEED = 20
 
 def calibrate(per_category: int = PER_CATEGORY, seed: int = SEED) -> tuple[str, Thresholds]:
     """(backbone id, thresholds) of the tiny preset's training-free head on the world."""
-    pipeline = clipsam.load_pipeline("tiny", use_sam=False)
+    pipeline = clipsam.load_pipeline("tiny", weights="pretrained", use_sam=False)
     head = pipeline.new_head(kind="none")
     head.thresholds = None  # chosen anew, never from an older table
     images = protocol.world_images(TRAIN_CATEGORIES, per_category, DEFECT_RATE, seed)
@@ -48,7 +48,8 @@ def calibrate(per_category: int = PER_CATEGORY, seed: int = SEED) -> tuple[str, 
     source = (
         f"training-free head calibrated once on the miniature world: {len(samples)} images of "
         f"its {len(TRAIN_CATEGORIES)} training categories ({per_category} each, "
-        f"{DEFECT_RATE:.0%} defective, seed {seed}); {thresholds.source}"
+        f"{DEFECT_RATE:.0%} defective, seed {seed}); pixel and image thresholds at F1-max, "
+        f"coarse maps at {pipeline.clip.config.image_size} px, no SAM"
     )
     return pipeline.clip.backbone_id, Thresholds(thresholds.pixel, thresholds.image, source)
 
