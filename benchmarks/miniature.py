@@ -290,6 +290,7 @@ def run(args: argparse.Namespace) -> str:
     import clipsam
     from clipsam.config import MMRConfig
     from clipsam.data.world import HELDOUT_CATEGORIES, TRAIN_CATEGORIES
+    from clipsam.weights import ENV_CLIP, ENV_SAM
     from training.miniature import protocol
     from training.trainer import evaluate_head
 
@@ -381,9 +382,12 @@ def run(args: argparse.Namespace) -> str:
     say(f"wrote {grid_path} ({grid_path.stat().st_size / 1024:.0f} KB)")
 
     n_def = len(defective)
+    overridden = [name for name in (ENV_CLIP, ENV_SAM) if os.environ.get(name)]
     weights_note = (
         " — **random weights**: plumbing only, the numbers mean nothing."
         if info["random_weights"]
+        else f" (weights from {' and '.join(overridden)}, not the shipped ones)."
+        if overridden
         else " (the shipped micro-CLIP and micro-SAM)."
     )
     trained = ", ".join(
