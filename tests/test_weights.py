@@ -70,7 +70,7 @@ def test_unreachable_url_gives_the_hint(tmp_path, monkeypatch):
 
 def test_local_checkpoints_load_through_the_real_code(tmp_path, monkeypatch, rng):
     """Tiny CLIP weights saved at another grid size load with their position embedding resized."""
-    small = clipsam.load_pipeline("tiny", image_size=112, seed=3)  # grid 8×8
+    small = clipsam.load_pipeline("tiny", weights="random", image_size=112, seed=3)  # grid 8×8
     clip_file = tmp_path / "tiny-clip.safetensors"
     save_file({k: v.contiguous() for k, v in small.clip.model.state_dict().items()}, str(clip_file))
     sam_file = tmp_path / "tiny-sam.pth"
@@ -80,10 +80,10 @@ def test_local_checkpoints_load_through_the_real_code(tmp_path, monkeypatch, rng
     loaded = clipsam.load_pipeline("tiny", weights="pretrained")  # 224 px: grid 16×16
     info = loaded.info()
     assert info["random_weights"] is False
-    assert info["clip_backbone"].startswith("clipsam-tiny/tiny-clip/224px")
+    assert info["clip_backbone"].startswith("clipsam-micro/tiny-clip/224px")
     assert info["sam_backbone"] == "sam-tiny/tiny-sam"
     ref, got = small.clip.model.state_dict(), loaded.clip.model.state_dict()
-    assert got["visual.positional_embedding"].shape == (16 * 16 + 1, 96)
+    assert got["visual.positional_embedding"].shape == (16 * 16 + 1, 128)
     torch.testing.assert_close(got["visual.conv1.weight"], ref["visual.conv1.weight"])
     torch.testing.assert_close(got["token_embedding.weight"], ref["token_embedding.weight"])
     sam_ref = small.sam.sam.state_dict()
@@ -93,6 +93,24 @@ def test_local_checkpoints_load_through_the_real_code(tmp_path, monkeypatch, rng
     assert loaded.predict([image], "bottle")[0].anomaly_map.shape == (50, 50)
 
 
-def test_tiny_has_no_pretrained_weights():
-    with pytest.raises(ValueError, match="weights='random'"):
+def test_tiny_pretrained_clip_is_the_shipped_micro_clip():
+    """micro-CLIP is trained here and ships in the package (issue 11)."""
+    loaded = clipsam.load_pipeline("tiny", weights="pretrained", use_sam=False)
+    info = loaded.info()
+    assert info["random_weights"] is False
+    assert info["clip_backbone"].startswith("clipsam-micro/miniature/224px")
+    random = clipsam.load_pipeline("tiny", weights="random", use_sam=False)
+    assert not torch.equal(
+        loaded.clip.model.visual.conv1.weight, random.clip.model.visual.conv1.weight
+    )
+
+
+def test_micro_sam_is_not_shipped_yet_and_says_how_to_train_it():
+    with pytest.raises(weights.WeightsNotFoundError, match=r"training\.miniature\.sam"):
         clipsam.load_pipeline("tiny", weights="pretrained")
+
+
+def test_missing_shipped_weights_say_how_to_train_them(tmp_path, monkeypatch):
+    monkeypatch.setattr(weights, "MICRO_CLIP_WEIGHTS", tmp_path / "gone.safetensors")
+    with pytest.raises(weights.WeightsNotFoundError, match=r"training\.miniature\.clip"):
+        clipsam.load_pipeline("tiny", weights="pretrained", use_sam=False)

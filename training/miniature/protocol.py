@@ -17,8 +17,7 @@ from scipy import ndimage
 
 from clipsam.config import MMRConfig
 from clipsam.heads import AnomalyHead
-from clipsam.pipeline import Pipeline, resize_map
-from clipsam.refine import find_components, prompts_for
+from clipsam.pipeline import Pipeline
 from training.trainer import (
     TrainConfig,
     TrainingSample,
@@ -81,7 +80,7 @@ def train(
     """A head of ``kind`` trained on ``samples`` (no held-out slice: it is judged elsewhere)."""
     config = dataclasses.replace(
         pipeline.config,
-        head=dataclasses.replace(pipeline.config.head, head=kind, **head_options),  # type: ignore[arg-type]
+        head=dataclasses.replace(pipeline.config.head, head=kind, **head_options),
     )
     init = _fresh(pipeline, config, seed)
     result = train_head(
@@ -165,30 +164,3 @@ def predicted_masks(
         pipeline.config = original_config
         pipeline.set_head(original_head)
     return masks
-
-
-def prompts_inside(
-    pipeline: Pipeline, head: AnomalyHead, data: Sequence[LabeledImage], mmr: MMRConfig
-) -> float:
-    """Fraction of MMR's point prompts that fall inside their own component (and boxes that
-    contain it), in the coordinates SAM receives them: a check of the prompt frame."""
-    inside = total = 0
-    for category in sorted({d.category for d in data}):
-        group = [d for d in data if d.category == category]
-        text = pipeline.text_features(category)
-        samples = features(pipeline, group)
-        maps = pipeline.coarse_maps([s.features for s in samples], head, text)
-        for item, amap in zip(group, maps, strict=True):
-            full = resize_map(amap, item.mask.shape)
-            comps = find_components(full, mmr)
-            if not comps:
-                continue
-            points, boxes = prompts_for(comps, item.mask.shape, mmr)
-            for comp, pts, box in zip(comps, points, boxes, strict=True):
-                x, y = int(pts[0][0]), int(pts[0][1])
-                ys, xs = np.nonzero(comp.mask)
-                box_ok = box[0] <= xs.min() and box[1] <= ys.min()
-                box_ok = box_ok and box[2] >= xs.max() + 1 and box[3] >= ys.max() + 1
-                inside += int(comp.mask[y, x] and box_ok)
-                total += 1
-    return inside / total if total else 0.0
