@@ -192,7 +192,7 @@ def test_a_failing_worker_fails_the_run(
         out = tmp_path / "tasks.json"
         result: list[int] = []
         run = threading.Thread(target=lambda: result.append(main([
-            *MODEL, "--config", '{"weights": "pretrained"}', "--model-dir", str(redis_dir),
+            *MODEL, "--config", '{"weights": "pretrained", "clip_pretrained": ""}', "--model-dir", str(redis_dir),
             "--data", f"mvtec:{dataset}", "--chunk-size", "2", "--workers", "1",
             "--out", str(out),
         ])))  # fmt: skip
