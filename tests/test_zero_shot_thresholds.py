@@ -58,7 +58,7 @@ def test_random_weights_get_no_thresholds(tiny_pipeline):
 def test_the_shipped_training_free_head_is_calibrated_on_the_miniature_world():
     import clipsam
 
-    pipeline = clipsam.load_pipeline("tiny", use_sam=False)
+    pipeline = clipsam.load_pipeline("tiny", weights="pretrained", use_sam=False)
     thresholds = pipeline.head.thresholds
     assert pipeline.head.kind == "none" and thresholds is not None
     assert thresholds.pixel is not None and thresholds.image is not None
