@@ -18,6 +18,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,15 @@ logger = logging.getLogger(__name__)
 
 #: Failures that mean "the store is unavailable, keep the event and retry".
 RETRYABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+
+
+@dataclass
+class _Ticket:
+    """One event waiting for its batch's write."""
+
+    data: bytes
+    done: bool = False
+    error: BaseException | None = None
 
 
 class EventLog:
@@ -48,15 +58,48 @@ class EventLog:
         self.path = model_dir / "events" / "webhook.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._turn = threading.Condition()
+        self._pending: list[_Ticket] = []
+        self._writing = False
         self.appended = threading.Event()
         #: Where an undo failed (truncate refused too): nothing past it is committed.
         self._void_from: int | None = None
         self.repaired_bytes = self.repair()
 
     def record(self, action: str, payload: dict[str, Any]) -> None:
-        """Append one event durably, or raise ``OSError`` with the file left as it was."""
+        """Append one event durably, or raise ``OSError`` with the file left as it was.
+
+        Group commit: events that arrive while a write is in flight are written and fsynced
+        together by the next writer, so a burst costs one fsync per batch instead of one per
+        event (under a busy disk a serial fsync each put a burst of 16 past the 1 s budget).
+        A failed batch is undone whole and every event in it gets the error.
+        """
         line = json.dumps({"received_at": time.time(), "action": action, "payload": payload})
-        data = (line + "\n").encode()
+        ticket = _Ticket((line + "\n").encode())
+        with self._turn:
+            self._pending.append(ticket)
+            while not ticket.done and self._writing:
+                self._turn.wait()
+            if not ticket.done:  # this thread writes everything pending, its own event too
+                self._writing = True
+                batch, self._pending = self._pending, []
+        if not ticket.done:
+            error: BaseException | None = None
+            try:
+                self._append(b"".join(t.data for t in batch))
+            except BaseException as exc:
+                error = exc
+            with self._turn:
+                for t in batch:
+                    t.done, t.error = True, error
+                self._writing = False
+                self._turn.notify_all()
+        if ticket.error is not None:
+            raise ticket.error
+        self.appended.set()
+        logger.info("webhook %s stored (%d bytes)", action, len(ticket.data))
+
+    def _append(self, data: bytes) -> None:
         with self._lock:
             fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
             try:
@@ -70,8 +113,6 @@ class EventLog:
                         raise
             finally:
                 os.close(fd)
-        self.appended.set()
-        logger.info("webhook %s stored (%d bytes)", action, len(data))
 
     def committed_size(self) -> int:
         """Bytes of whole, fsynced records: what readers may consume."""
