@@ -17,7 +17,7 @@ from scipy import ndimage
 
 from clipsam.config import MMRConfig
 from clipsam.heads import AnomalyHead
-from clipsam.pipeline import Pipeline
+from clipsam.pipeline import Pipeline, fresh_head
 from training.trainer import (
     TrainConfig,
     TrainingSample,
@@ -82,17 +82,11 @@ def train(
         pipeline.config,
         head=dataclasses.replace(pipeline.config.head, head=kind, **head_options),
     )
-    init = _fresh(pipeline, config, seed)
+    init = fresh_head(config, pipeline.clip, seed)
     result = train_head(
         pipeline, samples, (), TrainConfig(epochs=epochs, seed=seed, progress=False), init
     )
     return result.head
-
-
-def _fresh(pipeline: Pipeline, config, seed: int) -> AnomalyHead:  # type: ignore[no-untyped-def]
-    from clipsam.pipeline import fresh_head
-
-    return fresh_head(config, pipeline.clip, seed)
 
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
