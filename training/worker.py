@@ -18,6 +18,7 @@ from rq import Queue, SimpleWorker
 from rq.job import Job
 from rq.timeouts import TimerDeathPenalty
 
+from clipsam.logging_setup import configure_logging
 from training.redis_conn import connect
 from training.scheduler import QUEUE_NAME
 
@@ -71,18 +72,6 @@ def run_in_thread(
     return worker, thread
 
 
-def _configure_logging(level: str) -> None:
-    """Human lines, or one JSON object per line with ``LOG_FORMAT=json`` (as the backend)."""
-    from backend.__main__ import HUMAN_FORMAT, JsonFormatter, json_logs
-
-    if json_logs():
-        handler = logging.StreamHandler()
-        handler.setFormatter(JsonFormatter())
-        logging.basicConfig(level=level, handlers=[handler])
-    else:
-        logging.basicConfig(level=level, format=HUMAN_FORMAT)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m training.worker",
@@ -97,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", type=Path, default=default_dir)
     parser.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     args = parser.parse_args(argv)
-    _configure_logging(os.environ.get("LOG_LEVEL", "INFO").upper())
+    configure_logging()
     connection = connect(args.redis_url, args.model_dir)
     worker = SimpleWorker([Queue(QUEUE_NAME, connection=connection)], connection=connection)
     import torch

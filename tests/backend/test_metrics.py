@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from backend.__main__ import JsonFormatter
+from clipsam.logging_setup import JsonFormatter
 from training.registry import ModelRegistry
 
 CONFIG = """
