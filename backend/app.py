@@ -26,7 +26,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from backend import log_redact, metrics
 from backend.admission import PredictGate, RateLimiter
 from backend.events import EventLog
-from backend.fetch import ImageFetcher
 from backend.label_config import LabelConfigError, LabelSpec, parse_label_config
 from backend.limits import RequestLimits
 from backend.log_throttle import ThrottledWarning
@@ -34,6 +33,7 @@ from backend.loop import CorrectionLoop
 from backend.model import ModelNotReady, ModelService, model_version
 from backend.predictor import TaskPredictor
 from backend.settings import Settings
+from labelstudio.fetch import ImageFetcher
 from training.corrections import project_id
 from training.registry import HeadVersion, ModelRegistry
 
@@ -89,7 +89,7 @@ def create_app(settings: Settings | None = None, model: ModelService | None = No
     if settings.head_path is None and serving is not None:
         settings = dataclasses.replace(settings, head_path=serving.path)  # the promoted head
     model = model or ModelService(settings, fallbacks=lambda: _fallback_heads(settings))
-    fetcher = ImageFetcher(settings)
+    fetcher = ImageFetcher(settings.fetch, settings.label_studio_api_key)
     predictor = TaskPredictor(settings, model, fetcher)
     loop = CorrectionLoop(settings, model, events) if settings.corrections else None
     if loop is not None:

@@ -7,7 +7,6 @@ that borrows this process's already loaded pipeline.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 from typing import Any
@@ -26,11 +25,6 @@ from training.store import CorrectionStore
 from training.worker import ThreadWorker, run_in_thread
 
 logger = logging.getLogger(__name__)
-
-#: Settings never copied into job arguments (rq stores them in Redis).
-SECRET_FIELDS = frozenset(
-    {"label_studio_api_key", "basic_auth_user", "basic_auth_pass", "webhook_secret", "redis_url"}
-)
 
 
 class CorrectionLoop:
@@ -128,13 +122,11 @@ class CorrectionLoop:
         """What a retrain job needs; no secrets (jobs sit in Redis): workers read their own env."""
         s = self.settings
         overrides = pipeline_overrides(s)
-        fetch = {k: (str(v) if hasattr(v, "__fspath__") else v)
-                 for k, v in dataclasses.asdict(s).items() if k not in SECRET_FIELDS}  # fmt: skip
         return {
             "model_dir": str(s.model_dir),
             "preset": s.preset,
             "pipeline_overrides": overrides,
-            "settings": fetch,
+            "settings": s.fetch.to_job(),  # nothing secret: workers read their own API key
             "epochs": s.retrain_epochs,
             "holdout": s.retrain_holdout,
             "base_data": list(s.base_data) or None,

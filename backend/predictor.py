@@ -16,11 +16,12 @@ from typing import Any
 import numpy as np
 
 from backend.controls import to_results
-from backend.fetch import FetchError, ImageFetcher
 from backend.label_config import LabelSpec
 from backend.metrics import PREDICTED_TASKS
 from backend.model import ModelService, model_version
 from backend.settings import Settings
+from labelstudio.errors import FetchError
+from labelstudio.fetch import ImageFetcher
 
 logger = logging.getLogger(__name__)
 

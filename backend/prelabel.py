@@ -9,6 +9,7 @@ config exactly as the backend makes them (``parse_label_config`` + ``to_results`
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
@@ -22,10 +23,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from backend.fetch import ImageFetcher
 from backend.label_config import LabelConfigError, LabelSpec, parse_label_config
 from backend.prelabel_core import (
-    FETCH_FIELDS,
     Item,
     ProgressLog,
     Records,
@@ -39,7 +38,8 @@ from backend.prelabel_core import (
     run_worker,
     write_tasks_atomic,
 )
-from backend.settings import Settings
+from labelstudio.fetch import ImageFetcher
+from labelstudio.settings import FetchSettings, api_key_from_env
 
 logger = logging.getLogger("backend.prelabel")
 
@@ -334,14 +334,11 @@ def _progress_path(args: argparse.Namespace) -> Path:
 def _fetch_values(args: argparse.Namespace) -> dict[str, Any]:
     """What a worker needs to fetch like this run would (never the API key)."""
     try:
-        settings = Settings.from_env()
+        settings = FetchSettings.from_env()
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    values = {name: getattr(settings, name) for name in FETCH_FIELDS}
-    values["label_studio_url"] = (args.label_studio_url or "").rstrip("/") or None
-    values["local_files_root"] = str(settings.local_files_root or "") or None
-    values["allowed_hosts"] = list(settings.allowed_hosts)
-    return values
+    url = (args.label_studio_url or "").rstrip("/") or None
+    return dataclasses.replace(settings, label_studio_url=url).to_job()
 
 
 def _chunks(items: list[Item], size: int, done: set[str]) -> Iterator[list[Item]]:
@@ -362,8 +359,8 @@ def _run_in_process(
         pipeline = load_pipeline(options["preset"], **options["overrides"])
     except (ValueError, OSError) as exc:
         raise UsageError(f"could not load the model: {exc}") from None
-    settings = fetch_settings(options["fetch"], api_key)
-    with ImageFetcher(settings) as fetcher:
+    settings = fetch_settings(options["fetch"])
+    with ImageFetcher(settings, api_key if api_key is not None else api_key_from_env()) as fetcher:
         for chunk in chunks:
             jobs = [item.job() for item in chunk]
             finish(predict_chunk(pipeline, fetcher, settings, spec, jobs,

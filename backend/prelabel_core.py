@@ -9,7 +9,6 @@ resumable record of finished items.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -24,10 +23,11 @@ from urllib.parse import quote
 
 import numpy as np
 
-from backend.fetch import FetchError, ImageFetcher
 from backend.label_config import LabelSpec, parse_label_config
-from backend.settings import Settings
 from clipsam.images import ImageError, load_image
+from labelstudio.errors import FetchError
+from labelstudio.fetch import ImageFetcher
+from labelstudio.settings import FetchSettings, api_key_from_env
 
 if TYPE_CHECKING:  # torch and the backbones load when there is work, not for --help
     from clipsam import Pipeline
@@ -36,9 +36,6 @@ logger = logging.getLogger(__name__)
 
 QUEUE_NAME = "clipsam-prelabel"
 PROGRESS_FORMAT = "clipsam-prelabel-progress/1"
-#: Settings a job carries to its worker; credentials stay in each worker's own environment.
-FETCH_FIELDS = ("label_studio_url", "allowed_hosts", "local_files_root", "max_image_bytes",
-                "max_image_pixels", "fetch_timeout", "threads")  # fmt: skip
 JOB_TIMEOUT = 3600  # seconds for one chunk on one worker
 RESULT_TTL = 24 * 3600
 NO_WORKER_HINT = 60.0  # seconds a chunk may wait, with no worker listening, before a hint
@@ -155,7 +152,7 @@ def bind_items(items: list[Item], spec: LabelSpec, category_key: str, category: 
 
 
 def predict_chunk(
-    pipeline: Pipeline, fetcher: ImageFetcher, settings: Settings, spec: LabelSpec,
+    pipeline: Pipeline, fetcher: ImageFetcher, settings: FetchSettings, spec: LabelSpec,
     items: list[dict[str, Any]], verdict_threshold: float, preset: str,
 ) -> Records:  # fmt: skip
     """One record per item, in order: ``{"key", "prediction"}`` or ``{"key", "error"}``.
@@ -187,7 +184,7 @@ def predict_chunk(
     return records
 
 
-def _load(item: dict[str, Any], fetcher: ImageFetcher, settings: Settings
+def _load(item: dict[str, Any], fetcher: ImageFetcher, settings: FetchSettings
           ) -> tuple[np.ndarray | None, str]:  # fmt: skip
     try:
         if item.get("path"):
@@ -208,23 +205,15 @@ def predict_job(items: list[dict[str, Any]], options: dict[str, Any]) -> Records
         _PIPELINES[key] = load_pipeline(options["preset"], **options["overrides"])
     spec = parse_label_config(options["label_config"], options.get("defect_label"))
     settings = fetch_settings(options.get("fetch") or {})
-    with ImageFetcher(settings) as fetcher:
+    with ImageFetcher(settings, api_key_from_env()) as fetcher:
         return predict_chunk(_PIPELINES[key], fetcher, settings, spec, items,
                              options["verdict_threshold"], options["preset"])  # fmt: skip
 
 
-def fetch_settings(values: dict[str, Any], api_key: str | None = None) -> Settings:
-    """This environment's settings with the run's fetch options on top. The API key comes from
-    the environment unless given: a job never carries it, rq keeps job arguments in Redis."""
-    env = Settings.from_env()
-    clean = {k: v for k, v in values.items() if k in FETCH_FIELDS and v is not None}
-    if "allowed_hosts" in clean:
-        clean["allowed_hosts"] = tuple(clean["allowed_hosts"])
-    if "local_files_root" in clean:
-        clean["local_files_root"] = Path(clean["local_files_root"])
-    if api_key is not None:
-        clean["label_studio_api_key"] = api_key
-    return dataclasses.replace(env, **clean)
+def fetch_settings(values: dict[str, Any]) -> FetchSettings:
+    """This environment's fetch settings with the run's on top (:meth:`FetchSettings.to_job`).
+    The API key is never among them: rq keeps job arguments in Redis."""
+    return FetchSettings.from_job(values, FetchSettings.from_env())
 
 
 # -- rq fan-out ----------------------------------------------------------------------------

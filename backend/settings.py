@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from clipsam.config import overrides_from_json
+from labelstudio.settings import FetchSettings
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,19 @@ class Settings:
     def auth_enabled(self) -> bool:
         return bool(self.basic_auth_user and self.basic_auth_pass)
 
+    @property
+    def fetch(self) -> FetchSettings:
+        """What fetching images needs (no secrets: the API key is passed on its own)."""
+        return FetchSettings(
+            label_studio_url=self.label_studio_url,
+            allowed_hosts=self.allowed_hosts,
+            local_files_root=self.local_files_root,
+            max_image_bytes=self.max_image_bytes,
+            max_image_pixels=self.max_image_pixels,
+            fetch_timeout=self.fetch_timeout,
+            threads=self.threads,
+        )
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
@@ -95,16 +109,15 @@ class Settings:
         def items(name: str) -> tuple[str, ...]:
             return tuple(i.strip() for i in (text(name) or "").split(",") if i.strip())
 
-        root = text("LOCAL_FILES_DOCUMENT_ROOT")
-        hosts = items("CLIPSAM_ALLOWED_HOSTS")
+        fetch = FetchSettings.from_env(env)  # the variables fetching shares
         return cls(
             host=text("HOST") or cls.host,
             port=number("PORT", cls.port),
             workers=number("WORKERS", cls.workers),
-            threads=number("THREADS", cls.threads),
+            threads=fetch.threads,
             log_level=(text("LOG_LEVEL") or cls.log_level).upper(),
             model_dir=Path(text("MODEL_DIR") or cls.model_dir),
-            label_studio_url=(text("LABEL_STUDIO_URL") or "").rstrip("/") or None,
+            label_studio_url=fetch.label_studio_url,
             label_studio_api_key=text("LABEL_STUDIO_API_KEY"),
             basic_auth_user=text("BASIC_AUTH_USER"),
             basic_auth_pass=text("BASIC_AUTH_PASS"),
@@ -117,11 +130,11 @@ class Settings:
             category_key=text("CLIPSAM_CATEGORY_KEY") or cls.category_key,
             defect_label=text("CLIPSAM_DEFECT_LABEL"),
             verdict_threshold=number("CLIPSAM_VERDICT_THRESHOLD", cls.verdict_threshold, float),
-            local_files_root=Path(root) if root else None,
-            allowed_hosts=hosts,
-            max_image_bytes=number("CLIPSAM_MAX_IMAGE_BYTES", cls.max_image_bytes),
-            max_image_pixels=number("CLIPSAM_MAX_IMAGE_PIXELS", cls.max_image_pixels),
-            fetch_timeout=number("CLIPSAM_FETCH_TIMEOUT", cls.fetch_timeout, float),
+            local_files_root=fetch.local_files_root,
+            allowed_hosts=fetch.allowed_hosts,
+            max_image_bytes=fetch.max_image_bytes,
+            max_image_pixels=fetch.max_image_pixels,
+            fetch_timeout=fetch.fetch_timeout,
             max_request_bytes=number("CLIPSAM_MAX_REQUEST_BYTES", cls.max_request_bytes),
             max_header_bytes=number("CLIPSAM_MAX_HEADER_BYTES", cls.max_header_bytes),
             max_url_bytes=number("CLIPSAM_MAX_URL_BYTES", cls.max_url_bytes),

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 from label_studio_sdk.converter.brush import mask2rle
 from torch import Tensor
@@ -118,3 +120,18 @@ def wait_for(
         time.sleep(interval)
     details = f"\n{context()}" if context is not None else ""
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{details}")
+
+
+_real_connect = socket.socket.connect
+
+
+def loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make any connection to anything but loopback fail the test (a safety net for fixtures)."""
+
+    def connect(self: socket.socket, address):  # type: ignore[no-untyped-def]
+        host = address[0] if isinstance(address, tuple) else ""
+        if self.family in (socket.AF_INET, socket.AF_INET6) and host not in ("127.0.0.1", "::1"):
+            raise AssertionError(f"test tried to connect to {address}")
+        return _real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)

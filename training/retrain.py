@@ -23,11 +23,11 @@ import numpy as np
 import redis
 from rq import get_current_job
 
-from backend.fetch import ImageFetcher
-from backend.settings import Settings
 from clipsam import Pipeline, load_pipeline
 from clipsam.heads import AnomalyHead, load_head
 from clipsam.images import load_image
+from labelstudio.fetch import ImageFetcher
+from labelstudio.settings import FetchSettings, api_key_from_env
 from training.corrections import Correction
 from training.datasets import iter_labeled, load_samples
 from training.head_check import pipeline_shapes
@@ -138,6 +138,9 @@ def retrain_job(
     Small correction sets train more epochs, so that every retrain takes at least
     ``min_steps`` optimiser steps (default :data:`MIN_STEPS`).
 
+    ``settings``: how to fetch images (:meth:`FetchSettings.to_job`; this worker's environment
+    when None); the Label Studio API key is always this worker's own.
+
     Redis: the worker's own connection inside an rq job, else ``redis_url`` (or the embedded
     server of ``model_dir``).
     """
@@ -171,7 +174,8 @@ def _retrain(
     corrections = [c for c in store.list_project(project) if not c.was_cancelled]
     logger.info("retraining project %s (%s): %d corrections", project, reason, len(corrections))
     pipeline = _pipeline(preset, overrides)
-    fetcher = ImageFetcher(_settings(settings, model_dir))
+    fetch = FetchSettings.from_job(settings) if settings is not None else FetchSettings.from_env()
+    fetcher = ImageFetcher(fetch, api_key_from_env())  # the key: this worker's own
     cache = Path(model_dir) / "images"
     train_items, held_items = split_corrections(corrections, holdout)
     train = _prepare(pipeline, train_items, fetcher, cache)
@@ -255,23 +259,6 @@ def _pipeline(preset: str, overrides: dict[str, Any]) -> Pipeline:
     if key not in _PIPELINES:
         _PIPELINES[key] = load_pipeline(preset, **overrides)
     return _PIPELINES[key]
-
-
-def _settings(values: dict[str, Any] | None, model_dir: str) -> Settings:
-    """The job's fetch settings; credentials come from this worker's environment."""
-    env = Settings.from_env()
-    if values is None:
-        return env
-    fields = {f.name: f for f in dataclasses.fields(Settings)}
-    clean = {k: v for k, v in values.items() if k in fields}
-    for key in ("model_dir", "local_files_root", "head_path"):
-        if clean.get(key) is not None:
-            clean[key] = Path(clean[key])
-    if "allowed_hosts" in clean:
-        clean["allowed_hosts"] = tuple(clean["allowed_hosts"])
-    clean.setdefault("model_dir", Path(model_dir))
-    clean.setdefault("label_studio_api_key", env.label_studio_api_key)
-    return Settings(**clean)
 
 
 def _prepare(

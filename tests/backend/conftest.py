@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import http.server
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -19,23 +18,14 @@ import clipsam
 from backend.app import create_app
 from backend.model import ModelService
 from backend.settings import Settings
-from tests.helpers import BlobHead
+from tests.helpers import BlobHead, loopback_only
 from training.redis_conn import connect, release
-
-_real_connect = socket.socket.connect
 
 
 @pytest.fixture(autouse=True)
 def _loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
     """A safety net: nothing in these tests may connect anywhere but loopback."""
-
-    def connect(self: socket.socket, address):  # type: ignore[no-untyped-def]
-        host = address[0] if isinstance(address, tuple) else ""
-        if self.family in (socket.AF_INET, socket.AF_INET6) and host not in ("127.0.0.1", "::1"):
-            raise AssertionError(f"test tried to connect to {address}")
-        return _real_connect(self, address)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
+    loopback_only(monkeypatch)
 
 
 @pytest.fixture(scope="module")

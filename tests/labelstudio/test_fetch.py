@@ -28,8 +28,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backend.fetch import FetchError, ImageFetcher
-from backend.settings import Settings
+from labelstudio.errors import FetchError
+from labelstudio.fetch import ImageFetcher
+from labelstudio.settings import FetchSettings
 
 # -- images -------------------------------------------------------------------------------
 
@@ -239,7 +240,10 @@ def make_fetcher() -> Iterator[MakeFetcher]:
 
     def make(transport: httpx.BaseTransport | None = None, **settings: Any) -> ImageFetcher:
         settings.setdefault("fetch_timeout", 5.0)
-        fetcher = ImageFetcher(Settings(**settings), transport=transport or LoopbackOnly())
+        api_key = settings.pop("label_studio_api_key", None)  # never a fetch setting
+        fetcher = ImageFetcher(
+            FetchSettings(**settings), api_key, transport=transport or LoopbackOnly()
+        )
         fetchers.append(fetcher)
         return fetcher
 
