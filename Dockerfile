@@ -26,9 +26,10 @@ COPY requirements.txt .
 # torch from the CPU (or CUDA) wheel index first, so the rest does not pull a different build.
 RUN pip install --extra-index-url "${TORCH_INDEX}" -r requirements.txt
 
-COPY clipsam ./clipsam
-COPY backend ./backend
-COPY training ./training
+# The package itself (console scripts included); its dependencies are the pinned ones above.
+# .dockerignore lets in only what the package is built from.
+COPY . /tmp/clipsam-src
+RUN pip install --no-deps /tmp/clipsam-src && rm -rf /tmp/clipsam-src
 
 # The folders volumes are mounted on exist here, owned by the service user: Docker gives a new
 # named volume the ownership of the folder it is mounted on (root for a folder it had to create).
