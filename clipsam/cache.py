@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import tempfile
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -20,6 +19,8 @@ from pathlib import Path
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
+
+from clipsam.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -105,18 +106,14 @@ class FeatureCache:
         path = self._path(namespace, key)
         if path is None:
             return
-        tmp: str | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-            os.close(fd)
-            save_file(entry, tmp, metadata={"namespace": namespace})
-            os.replace(tmp, path)
+            # Not durable: a torn file after a crash is dropped on read and computed again.
+            with atomic_path(path, durable=False, mode=None) as temp:
+                save_file(entry, str(temp), metadata={"namespace": namespace})
             self._account(path.stat().st_size)
         except OSError as exc:  # a full disk must not fail a prediction
             logger.warning("could not write cache file %s: %s", path, exc)
-            if tmp is not None:
-                Path(tmp).unlink(missing_ok=True)
 
     def _account(self, added: int) -> None:
         """Keep the disk tier under ``max_disk_bytes``: drop least recently used files."""

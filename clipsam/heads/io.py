@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from typing import Any
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 
+from clipsam.atomic import atomic_path
 from clipsam.calibration import Thresholds
 from clipsam.config import HeadConfig
 from clipsam.heads.base import AnomalyHead
@@ -66,9 +65,9 @@ def save_head(
     """Write ``head`` to ``path`` atomically; returns its version (a content hash by default)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    # 0644: other users' backends read it; durable: a head is worth an fsync.
+    with atomic_path(path) as temp:
+        tmp_name = str(temp)
         save_model(head, tmp_name)  # first pass: hash the weights exactly as stored
         version = version or f"{head.kind}-{_content_digest(tmp_name, head)[:12]}"
         metadata = {
@@ -84,10 +83,6 @@ def save_head(
         if head.thresholds is not None:
             metadata["thresholds"] = head.thresholds.to_dict()
         save_model(head, tmp_name, metadata={_META_KEY: json.dumps(metadata)})
-        os.chmod(tmp_name, 0o644)  # mkstemp's 0600 would hide it from other users' backends
-        os.replace(tmp_name, path)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
     head.version = version
     return version
 
