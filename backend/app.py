@@ -26,7 +26,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from backend import log_redact, metrics
 from backend.admission import PredictGate, RateLimiter
 from backend.events import EventLog
-from backend.label_config import LabelConfigError, LabelSpec, parse_label_config
 from backend.limits import RequestLimits
 from backend.log_throttle import ThrottledWarning
 from backend.loop import CorrectionLoop
@@ -34,6 +33,7 @@ from backend.model import ModelNotReady, ModelService, model_version
 from backend.predictor import TaskPredictor
 from backend.settings import Settings
 from labelstudio.fetch import ImageFetcher
+from labelstudio.label_config import LabelConfigError, LabelSpec, parse_label_config
 from training.corrections import project_id
 from training.registry import HeadVersion, ModelRegistry
 

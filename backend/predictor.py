@@ -15,13 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from backend.controls import to_results
-from backend.label_config import LabelSpec
 from backend.metrics import PREDICTED_TASKS
 from backend.model import ModelService, model_version
 from backend.settings import Settings
+from labelstudio.controls import to_results
 from labelstudio.errors import FetchError
 from labelstudio.fetch import ImageFetcher
+from labelstudio.label_config import LabelSpec
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,6 @@ from typing import Any
 
 from tqdm import tqdm
 
-from backend.label_config import LabelConfigError, LabelSpec, parse_label_config
 from backend.prelabel_core import (
     Item,
     ProgressLog,
@@ -39,6 +38,7 @@ from backend.prelabel_core import (
     write_tasks_atomic,
 )
 from labelstudio.fetch import ImageFetcher
+from labelstudio.label_config import LabelConfigError, LabelSpec, parse_label_config
 from labelstudio.settings import FetchSettings, api_key_from_env
 
 logger = logging.getLogger("backend.prelabel")

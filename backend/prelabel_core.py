@@ -23,10 +23,10 @@ from urllib.parse import quote
 
 import numpy as np
 
-from backend.label_config import LabelSpec, parse_label_config
 from clipsam.images import ImageError, load_image
 from labelstudio.errors import FetchError
 from labelstudio.fetch import ImageFetcher
+from labelstudio.label_config import LabelSpec, parse_label_config
 from labelstudio.settings import FetchSettings, api_key_from_env
 
 if TYPE_CHECKING:  # torch and the backbones load when there is work, not for --help
@@ -160,8 +160,8 @@ def predict_chunk(
     Items (:meth:`Item.job`) name a local file or a task-data reference, fetched like the
     backend fetches it; a broken image fails only its own item.
     """
-    from backend.controls import to_results
     from backend.model import model_version
+    from labelstudio.controls import to_results
 
     threads = max(1, min(len(items), settings.threads))
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="prelabel-fetch") as pool:

@@ -13,24 +13,19 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from labelstudio.label_config import image_reference
 
 logger = logging.getLogger(__name__)
 
 #: Result types that draw pixels on the image; ``brush`` etc. come from label-less tools.
 REGION_TYPES = frozenset(
     {"brushlabels", "brush", "polygonlabels", "polygon", "rectanglelabels", "rectangle"}
-)
-_IMAGE_REF = re.compile(
-    r"^(https?://|/data/|s3://|gs://|azure-blob://|data:image/)"
-    r"|\.(png|jpe?g|bmp|gif|tiff?|webp)(\?.*)?$",
-    re.IGNORECASE,
 )
 
 
@@ -150,7 +145,7 @@ def correction_from_event(
     config = (
         event["project"].get("label_config") if isinstance(event.get("project"), dict) else None
     )
-    image_name, image = _image_reference(config, data)
+    image_name, image = image_reference(config, data)
     if not image:
         raise ValueError(
             f"annotation {annotation_id}: no image reference found in task {task_id} data"
@@ -213,35 +208,6 @@ def _annotator(value: Any) -> int | str | None:
 
 def _text_or_none(value: Any) -> str | None:
     return None if value is None else str(value)
-
-
-@lru_cache(maxsize=64)
-def _image_tag(config: str) -> tuple[str, str] | None:
-    """(name, data key) of the config's first ``<Image>``; parsed once per distinct config."""
-    from label_studio_sdk.label_interface import LabelInterface
-
-    try:
-        interface = LabelInterface(config)
-    except Exception as exc:  # the SDK raises several XML and schema error types
-        logger.warning("label config unreadable (%s); guessing the image key from task data", exc)
-        return None
-    for tag in interface.objects:
-        if tag.tag == "Image" and tag.value_name:
-            return tag.name, tag.value_name
-    logger.warning("label config has no <Image value=...>; guessing the image key from task data")
-    return None
-
-
-def _image_reference(config: Any, data: dict[str, Any]) -> tuple[str | None, str | None]:
-    """(image tag name or None, reference): from the config, else the first image-like value."""
-    tag = _image_tag(config) if isinstance(config, str) and config.strip() else None
-    if tag is not None:
-        value = data.get(tag[1])
-        return tag[0], value if isinstance(value, str) and value else None
-    for value in data.values():
-        if isinstance(value, str) and _IMAGE_REF.search(value.strip()):
-            return None, value
-    return None, None
 
 
 def _rasterise(items: list[Any], image_name: str | None) -> tuple[np.ndarray | None, list[str]]:

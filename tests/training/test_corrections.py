@@ -375,7 +375,7 @@ def test_without_a_config_the_first_image_like_value_is_used() -> None:
 
 
 def test_unreadable_config_falls_back_to_guessing(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="training.corrections"):
+    with caplog.at_level(logging.WARNING, logger="labelstudio.label_config"):
         event = make_event([], label_config="<View><Image name=", data={"pic": "x/y.png"})
         assert correction_from_event(event).image == "x/y.png"
     assert "label config unreadable" in caplog.text

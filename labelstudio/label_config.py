@@ -1,7 +1,10 @@
 """Reading a project's label config: which image to fetch and which controls to fill.
 
 Names (``from_name``, ``to_name``, the task data key, label values) always come from the config,
-parsed with label-studio-sdk's ``LabelInterface``; nothing here is hard-coded to a template.
+parsed once per distinct config with label-studio-sdk's ``LabelInterface`` (:func:`_interface`).
+:func:`parse_label_config` is strict (what /predict and prelabel fill, or
+:class:`LabelConfigError`); :func:`image_reference` is lenient (which task-data value is the
+image, for annotations arriving by webhook or in an export: a guess when the config cannot say).
 """
 
 from __future__ import annotations
@@ -10,8 +13,11 @@ import logging
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 from label_studio_sdk.label_interface import LabelInterface
+
+from labelstudio.references import looks_like_image
 
 logger = logging.getLogger(__name__)
 
@@ -49,10 +55,7 @@ class LabelSpec:
 @lru_cache(maxsize=64)
 def parse_label_config(config: str, defect_label: str | None = None) -> LabelSpec:
     """The serving plan for a label config; :class:`LabelConfigError` says what is missing."""
-    try:
-        interface = LabelInterface(config)
-    except Exception as exc:  # the SDK raises several XML and schema error types
-        raise LabelConfigError(f"label config is not valid XML: {exc}") from exc
+    interface = _interface(config)
     images = {tag.name: tag for tag in interface.objects if tag.tag == "Image"}
     if not images:
         raise LabelConfigError("label config has no <Image> tag; this backend labels images")
@@ -75,6 +78,45 @@ def parse_label_config(config: str, defect_label: str | None = None) -> LabelSpe
     if not data_key:
         raise LabelConfigError(f'<Image name="{image_name}"> has no value="$key"')
     return LabelSpec(image_name=image_name, data_key=data_key, controls=tuple(controls))
+
+
+@lru_cache(maxsize=64)
+def image_tag(config: str) -> tuple[str, str] | None:
+    """(name, data key) of the config's first ``<Image value=...>``; None (warned once per
+    config) when the config is unreadable or has none."""
+    try:
+        interface = _interface(config)
+    except LabelConfigError as exc:
+        logger.warning(
+            "label config unreadable (%s); guessing the image key from task data", exc.__cause__
+        )
+        return None
+    for tag in interface.objects:
+        if tag.tag == "Image" and tag.value_name:
+            return tag.name, tag.value_name
+    logger.warning("label config has no <Image value=...>; guessing the image key from task data")
+    return None
+
+
+def image_reference(config: Any, data: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(image tag name or None, reference): from the config, else the first image-like value."""
+    tag = image_tag(config) if isinstance(config, str) and config.strip() else None
+    if tag is not None:
+        value = data.get(tag[1])
+        return tag[0], value if isinstance(value, str) and value else None
+    for value in data.values():
+        if isinstance(value, str) and looks_like_image(value):
+            return None, value
+    return None, None
+
+
+@lru_cache(maxsize=64)
+def _interface(config: str) -> LabelInterface:
+    """The one parse of a config; :class:`LabelConfigError` when it is not valid XML."""
+    try:
+        return LabelInterface(config)
+    except Exception as exc:  # the SDK raises several XML and schema error types
+        raise LabelConfigError(f"label config is not valid XML: {exc}") from exc
 
 
 def _control_spec(

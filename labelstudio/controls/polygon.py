@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 from skimage import measure
 
-from backend.controls.common import region_item
-from backend.label_config import ControlSpec
 from clipsam import Prediction
+from labelstudio.controls.common import region_item
+from labelstudio.label_config import ControlSpec
 
 #: Max distance (pixels) between a contour and its simplified polygon.
 TOLERANCE = 1.0

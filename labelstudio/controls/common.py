@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from backend.label_config import ControlSpec
 from clipsam import Prediction
+from labelstudio.label_config import ControlSpec
 
 
 def region_item(

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from backend.controls import to_results
-from backend.label_config import LabelConfigError, parse_label_config
 from clipsam import Prediction, Region
+from labelstudio.controls import to_results
+from labelstudio.label_config import LabelConfigError, parse_label_config
 
 
 def _prediction(mask: np.ndarray, score: float = 0.8) -> Prediction:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from backend.controls.common import region_item
-from backend.label_config import ControlSpec
 from clipsam import Prediction
+from labelstudio.controls.common import region_item
+from labelstudio.label_config import ControlSpec
 
 
 def rectangle_items(prediction: Prediction, control: ControlSpec, _threshold: float) -> list[dict]:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from backend.controls.brush import brush_items
-from backend.controls.choices import choice_items
-from backend.controls.polygon import polygon_items
-from backend.controls.rectangle import rectangle_items
-from backend.label_config import ControlSpec, LabelSpec
 from clipsam import Prediction
+from labelstudio.controls.brush import brush_items
+from labelstudio.controls.choices import choice_items
+from labelstudio.controls.polygon import polygon_items
+from labelstudio.controls.rectangle import rectangle_items
+from labelstudio.label_config import ControlSpec, LabelSpec
 
 Converter = Callable[[Prediction, ControlSpec, float], list[dict]]
 

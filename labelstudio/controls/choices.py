@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from backend.label_config import ControlSpec
 from clipsam import Prediction
+from labelstudio.label_config import ControlSpec
 
 
 def choice_items(prediction: Prediction, control: ControlSpec, threshold: float) -> list[dict]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 from label_studio_sdk.converter.brush import mask2rle
 
-from backend.controls.common import region_item
-from backend.label_config import ControlSpec
 from clipsam import Prediction
+from labelstudio.controls.common import region_item
+from labelstudio.label_config import ControlSpec
 
 
 def brush_items(prediction: Prediction, control: ControlSpec, _threshold: float) -> list[dict]:
