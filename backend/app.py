@@ -34,7 +34,7 @@ from backend.predictor import TaskPredictor
 from backend.settings import Settings
 from labelstudio.fetch import ImageFetcher
 from labelstudio.label_config import LabelConfigError, LabelSpec, parse_label_config
-from training.corrections import project_id
+from labelstudio.projects import project_id
 from training.registry import HeadVersion, ModelRegistry
 
 logger = logging.getLogger(__name__)

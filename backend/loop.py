@@ -15,7 +15,7 @@ from backend.events import EventLog, EventPump
 from backend.model import ModelService, pipeline_overrides
 from backend.reloader import HeadReloader
 from backend.settings import Settings
-from training.corrections import project_id
+from labelstudio.projects import project_id
 from training.import_export import corrections_from_tasks
 from training.redis_conn import connect, release
 from training.registry import ModelRegistry

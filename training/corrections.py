@@ -11,22 +11,14 @@ good (all-negative) training sample.
 from __future__ import annotations
 
 import json
-import logging
-import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
 
 from labelstudio.label_config import image_reference
-
-logger = logging.getLogger(__name__)
-
-#: Result types that draw pixels on the image; ``brush`` etc. come from label-less tools.
-REGION_TYPES = frozenset(
-    {"brushlabels", "brush", "polygonlabels", "polygon", "rectanglelabels", "rectangle"}
-)
+from labelstudio.projects import project_id
+from labelstudio.rasterise import as_int, rasterise
 
 
 @dataclass(frozen=True)
@@ -127,14 +119,16 @@ def correction_from_event(
     annotation = event.get("annotation")
     if not isinstance(annotation, dict):
         raise ValueError("event has no 'annotation' object")
-    annotation_id = _int(annotation.get("id"), "annotation id")
+    annotation_id = as_int(annotation.get("id"), "annotation id")
     task = event.get("task")
     if not isinstance(task, dict):
         task = annotation.get("task") if isinstance(annotation.get("task"), dict) else None
     if task is None:
         raise ValueError(f"annotation {annotation_id}: event has no 'task' object")
     task_ref = annotation.get("task")
-    task_id = _int(task.get("id", task_ref if not isinstance(task_ref, dict) else None), "task id")
+    task_id = as_int(
+        task.get("id", task_ref if not isinstance(task_ref, dict) else None), "task id"
+    )
     project = project_id(event.get("project"), annotation.get("project"), task.get("project"))
     if project is None:
         raise ValueError(f"annotation {annotation_id}: event names no project")
@@ -157,7 +151,7 @@ def correction_from_event(
     if not isinstance(result, list):
         raise ValueError(f"annotation {annotation_id}: 'result' must be a list")
     try:
-        mask, labels = _rasterise(result, image_name)
+        mask, labels = rasterise(result, image_name)
     except ValueError as exc:
         raise ValueError(f"annotation {annotation_id}: {exc}") from exc
     return Correction(
@@ -177,29 +171,6 @@ def correction_from_event(
     )
 
 
-def _int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or value is None:
-        raise ValueError(f"missing {what}")
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{what} must be an integer, got {value!r}") from None
-
-
-def project_id(*candidates: Any) -> str | None:
-    """The first usable project id among ``candidates``, as Label Studio's id string.
-
-    Label Studio sends the project as an object, an id, or ``"<id>.<created timestamp>"``.
-    """
-    for candidate in candidates:
-        if isinstance(candidate, dict):
-            candidate = candidate.get("id")
-        if candidate is None or isinstance(candidate, bool) or candidate == "":
-            continue
-        return str(candidate).split(".", 1)[0]
-    return None
-
-
 def _annotator(value: Any) -> int | str | None:
     if isinstance(value, dict):  # some serializers expand the user
         value = value.get("id", value.get("email"))
@@ -208,109 +179,3 @@ def _annotator(value: Any) -> int | str | None:
 
 def _text_or_none(value: Any) -> str | None:
     return None if value is None else str(value)
-
-
-def _rasterise(items: list[Any], image_name: str | None) -> tuple[np.ndarray | None, list[str]]:
-    """Union mask of the region items on ``image_name`` (all images when None), and labels."""
-    labels: list[str] = []
-    size: tuple[int, int] | None = None
-    regions: list[dict[str, Any]] = []
-    for item in items:
-        if not isinstance(item, dict):
-            raise ValueError("result items must be objects")
-        if image_name is not None and item.get("to_name", image_name) != image_name:
-            continue
-        kind = str(item.get("type", "")).lower()
-        value = item.get("value") if isinstance(item.get("value"), dict) else {}
-        for label in value.get(kind) or []:
-            if isinstance(label, str) and label not in labels:
-                labels.append(label)
-        if "original_height" in item and "original_width" in item:
-            item_size = (_int(item["original_height"], "original_height"),
-                         _int(item["original_width"], "original_width"))  # fmt: skip
-            if min(item_size) <= 0:
-                raise ValueError(f"image size must be positive, got {item_size}")
-            if size is not None and item_size != size:
-                raise ValueError(f"result items disagree on the image size: {size} vs {item_size}")
-            size = item_size
-        if kind in REGION_TYPES:
-            if "original_height" not in item or "original_width" not in item:
-                raise ValueError(f"{kind} item without original_width/original_height")
-            regions.append(item)
-    if size is None:
-        return None, labels
-    mask = np.zeros(size, dtype=bool)
-    for item in regions:
-        kind = item["type"].lower()
-        value = item.get("value") or {}
-        if kind.startswith("brush"):
-            mask |= _brush(value, size)
-        elif kind.startswith("polygon"):
-            mask |= _polygon(value, size)
-        else:
-            mask |= _rectangle(value, size)
-    return mask, labels
-
-
-def _brush(value: dict[str, Any], size: tuple[int, int]) -> np.ndarray:
-    from label_studio_sdk.converter.brush import decode_rle as decode_brush
-
-    rle = value.get("rle")
-    if not isinstance(rle, list) or not rle:
-        raise ValueError("brush item without an 'rle' list")
-    try:
-        flat = decode_brush(rle)
-    except Exception as exc:  # a truncated bit stream fails deep inside the SDK
-        raise ValueError(f"brush RLE does not decode: {exc}") from exc
-    height, width = size
-    if flat.size != height * width * 4:
-        raise ValueError(f"brush RLE holds {flat.size} values, expected {height}×{width}×4")
-    return flat.reshape(height, width, 4)[:, :, 3] > 0
-
-
-def _polygon(value: dict[str, Any], size: tuple[int, int]) -> np.ndarray:
-    height, width = size
-    points = value.get("points")
-    if not isinstance(points, list):
-        raise ValueError("polygon item without a 'points' list")
-    try:
-        # Percent → pixel edges; PIL puts pixel centres on integers, hence the half-pixel shift.
-        xy = [(float(x) * width / 100 - 0.5, float(y) * height / 100 - 0.5) for x, y in points]
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"polygon points must be [x, y] pairs: {exc}") from exc
-    canvas = Image.new("1", (width, height), 0)
-    if len(xy) < 3:
-        logger.warning("polygon with %d point(s) ignored", len(xy))
-    else:
-        ImageDraw.Draw(canvas).polygon(xy, fill=1, outline=1)
-    return np.array(canvas, dtype=bool)
-
-
-def _rectangle(value: dict[str, Any], size: tuple[int, int]) -> np.ndarray:
-    height, width = size
-    try:
-        x, y = float(value["x"]), float(value["y"])
-        w, h = float(value["width"]), float(value["height"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"rectangle needs numeric x, y, width, height: {exc}") from exc
-    if float(value.get("rotation") or 0) % 360:
-        logger.warning(
-            "rectangle rotated by %s° rasterised unrotated (rotation is not supported)",
-            value.get("rotation"),
-        )
-    mask = np.zeros(size, dtype=bool)
-    if w <= 0 or h <= 0:
-        return mask
-    # A pixel belongs to the box when its centre does; a sliver still marks one pixel.
-    x0, x1 = _span(x * width / 100, (x + w) * width / 100, width)
-    y0, y1 = _span(y * height / 100, (y + h) * height / 100, height)
-    mask[y0:y1, x0:x1] = True
-    return mask
-
-
-def _span(start: float, stop: float, limit: int) -> tuple[int, int]:
-    lo = max(0, min(limit, math.floor(start + 0.5)))
-    hi = max(0, min(limit, math.floor(stop + 0.5)))
-    if hi <= lo and lo < limit:
-        hi = lo + 1
-    return lo, hi

@@ -235,7 +235,7 @@ def test_full_image_polygon_covers_every_pixel() -> None:
 
 
 def test_degenerate_polygon_is_ignored_but_size_is_kept(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="training.corrections"):
+    with caplog.at_level(logging.WARNING, logger="labelstudio.rasterise"):
         correction = correction_from_event(make_event([polygon_item([[10, 10], [50, 50]], (9, 7))]))
     assert correction.has_defect is False
     assert correction.mask_rle == {"counts": [63], "size": [9, 7]}
@@ -267,7 +267,7 @@ def test_rotated_rectangle_is_rasterised_unrotated_with_a_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     size = (20, 20)
-    with caplog.at_level(logging.WARNING, logger="training.corrections"):
+    with caplog.at_level(logging.WARNING, logger="labelstudio.rasterise"):
         mask = correction_from_event(
             make_event([rectangle_item(25, 25, 50, 50, size, rotation=30)])
         ).mask()
