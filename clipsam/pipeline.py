@@ -27,7 +27,7 @@ from clipsam.heads import AnomalyHead, HeadMismatchError, build_head, coarse_map
 from clipsam.heads.base import stage_logits
 from clipsam.image_score import clip_scores, fuse_image_score, hsf_scores
 from clipsam.images import ImageInput, image_hash, load_image
-from clipsam.precision import autocast, autocast_dtype
+from clipsam.precision import autocast, autocast_dtype, resolve_device
 from clipsam.refine import Component, find_components, refine
 from clipsam.sam_backbone import SamBackbone, build_sam
 from clipsam.weights import WeightPaths, resolve_weights
@@ -287,7 +287,7 @@ def load_pipeline(preset: str | PipelineConfig = "paper", **overrides: Any) -> P
         config = dataclasses.replace(config, head_path=str(paths.head))
     if config.head_path is None and "head" not in overrides:
         config = dataclasses.replace(config, head=dataclasses.replace(config.head, head="none"))
-    device = _resolve_device(config.device)
+    device = resolve_device(config.device)
     clip_weights, sam_weights = resolve_weights(config, paths)
     clip = build_clip(config.clip, clip_weights, config.seed)
     sam = (
@@ -334,12 +334,6 @@ def fresh_head(config: PipelineConfig, clip: ClipBackbone, seed: int) -> Anomaly
     if head.kind == "none":
         head.thresholds = zero_shot_thresholds(clip.backbone_id)
     return head
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def resize_map(amap: Tensor, shape: tuple[int, ...]) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Which reduced precision the frozen backbones may run in, per device.
+"""Which device a process runs on, and which reduced precision the frozen backbones may run in
+there.
 
 bf16 halves the cost of CPU matmuls only where the hardware has bf16 dot products (AVX-512 BF16
 or AMX); elsewhere autocast would emulate it and be slower than fp32, so ``auto`` checks.
@@ -16,6 +17,17 @@ import torch
 from clipsam.config import Precision
 
 _CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """The device a config names: ``auto`` is CUDA when present, else the CPU; any other name
+    (``cpu``, ``cuda``, ``cuda:1``, ``mps``...) is taken as it is. The one resolver the pipeline
+    and the trainer share."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 @functools.cache

@@ -28,7 +28,7 @@ from clipsam.heads import AnomalyHead, stage_probabilities
 from clipsam.image_score import fuse_image_score
 from clipsam.images import image_hash
 from clipsam.pipeline import Pipeline
-from clipsam.precision import Precision, autocast, autocast_dtype
+from clipsam.precision import Precision, autocast, autocast_dtype, resolve_device
 from training.losses import stage_loss
 
 logger = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ def train_head(
     if not train:
         raise ValueError("no training samples")
     started = time.perf_counter()
-    device = _device(config.device)
+    device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     head = copy.deepcopy(init_head) if init_head is not None else pipeline.new_head(config.seed)
     head.thresholds = None  # chosen anew below, on this head's own held-out maps
@@ -293,9 +293,3 @@ def _chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
             chunk = []
     if chunk:
         yield chunk
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
