@@ -29,11 +29,12 @@ from backend.events import EventLog
 from backend.limits import RequestLimits
 from backend.log_throttle import ThrottledWarning
 from backend.loop import CorrectionLoop
-from backend.model import ModelNotReady, ModelService, model_version
+from backend.model import ModelNotReady, ModelService
 from backend.predictor import TaskPredictor
 from backend.settings import Settings
 from labelstudio.fetch import ImageFetcher
 from labelstudio.label_config import LabelConfigError, LabelSpec, parse_label_config
+from labelstudio.predictions import model_version
 from labelstudio.projects import project_id
 from training.registry import HeadVersion, ModelRegistry
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from backend.settings import Settings
 from clipsam import Pipeline, load_pipeline
 from clipsam.heads import load_head, read_head_metadata
+from labelstudio.predictions import model_version
 from training.head_check import check_head, pipeline_shapes
 
 logger = logging.getLogger(__name__)
@@ -31,11 +32,6 @@ def pipeline_overrides(settings: Settings) -> dict[str, object]:
     }
     overrides.update(settings.pipeline_overrides)
     return overrides
-
-
-def model_version(preset: str, head_version: str) -> str:
-    """What Label Studio sees: a new head gives a new string, so tasks get re-predicted."""
-    return f"clipsam-{preset}-{head_version}"
 
 
 class ModelService:

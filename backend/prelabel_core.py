@@ -9,6 +9,7 @@ resumable record of finished items.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -21,12 +22,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import numpy as np
-
-from clipsam.images import ImageError, load_image
-from labelstudio.errors import FetchError
+from clipsam.images import load_image
 from labelstudio.fetch import ImageFetcher
 from labelstudio.label_config import LabelSpec, parse_label_config
+from labelstudio.predictions import ImageTask, predict_images
 from labelstudio.settings import FetchSettings, api_key_from_env
 
 if TYPE_CHECKING:  # torch and the backbones load when there is work, not for --help
@@ -158,42 +157,30 @@ def predict_chunk(
     """One record per item, in order: ``{"key", "prediction"}`` or ``{"key", "error"}``.
 
     Items (:meth:`Item.job`) name a local file or a task-data reference, fetched like the
-    backend fetches it; a broken image fails only its own item.
+    backend fetches it (:func:`labelstudio.predictions.predict_images`, the path /predict
+    takes too); a broken image fails only its own item.
     """
-    from backend.model import model_version
-    from labelstudio.controls import to_results
-
+    images = [_image(item, fetcher, settings) for item in items]
     threads = max(1, min(len(items), settings.threads))
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="prelabel-fetch") as pool:
-        loaded = list(pool.map(lambda item: _load(item, fetcher, settings), items))
-    records: Records = [{} for _ in items]
-    groups: dict[str | None, list[int]] = {}
-    for index, (item, (image, error)) in enumerate(zip(items, loaded, strict=True)):
-        if image is None:
-            records[index] = {"key": item["key"], "error": error}
-        else:
-            groups.setdefault(item.get("category") or None, []).append(index)
-    for category, indices in groups.items():
-        predictions = pipeline.predict([loaded[i][0] for i in indices], category)
-        for index, prediction in zip(indices, predictions, strict=True):
-            records[index] = {"key": items[index]["key"], "prediction": {
-                "model_version": model_version(preset, prediction.head_version),
-                "score": round(float(prediction.score), 4),
-                "result": to_results(prediction, spec, verdict_threshold),
-            }}  # fmt: skip
-    return records
+        outcomes = predict_images(pipeline, images, spec, verdict_threshold, preset, pool)
+    return [
+        {"key": item["key"], "error": image.error}
+        if outcome is None
+        else {"key": item["key"], "prediction": outcome[1]}
+        for item, image, outcome in zip(items, images, outcomes, strict=True)
+    ]
 
 
-def _load(item: dict[str, Any], fetcher: ImageFetcher, settings: FetchSettings
-          ) -> tuple[np.ndarray | None, str]:  # fmt: skip
-    try:
-        if item.get("path"):
-            return load_image(Path(item["path"]), max_pixels=settings.max_image_pixels), ""
-        if not item.get("ref"):
-            return None, item.get("missing") or "no image reference"
-        return fetcher.fetch(item["ref"], task_id=item.get("task_id")), ""
-    except (FetchError, ImageError) as exc:
-        return None, str(exc)
+def _image(item: dict[str, Any], fetcher: ImageFetcher, settings: FetchSettings) -> ImageTask:
+    """A local file (read from disk) or a task-data reference (fetched), and the category."""
+    category = item.get("category") or None
+    if item.get("path"):
+        path, limit = Path(item["path"]), settings.max_image_pixels
+        return ImageTask(category, lambda: load_image(path, max_pixels=limit))
+    if not item.get("ref"):
+        return ImageTask(category, error=item.get("missing") or "no image reference")
+    return ImageTask(category, functools.partial(fetcher.fetch, item["ref"], item.get("task_id")))
 
 
 def predict_job(items: list[dict[str, Any]], options: dict[str, Any]) -> Records:

@@ -7,15 +7,18 @@ the pixel size after EXIF transpose, which is what the pipeline saw.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from clipsam import Prediction
 from labelstudio.controls.brush import brush_items
 from labelstudio.controls.choices import choice_items
 from labelstudio.controls.polygon import polygon_items
 from labelstudio.controls.rectangle import rectangle_items
 from labelstudio.label_config import ControlSpec, LabelSpec
 
-Converter = Callable[[Prediction, ControlSpec, float], list[dict]]
+if TYPE_CHECKING:  # annotations only: converting needs no torch
+    from clipsam import Prediction
+
+Converter = Callable[["Prediction", ControlSpec, float], list[dict]]
 
 CONVERTERS: dict[str, Converter] = {
     "BrushLabels": brush_items,

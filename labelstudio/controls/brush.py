@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from label_studio_sdk.converter.brush import mask2rle
 
-from clipsam import Prediction
 from labelstudio.controls.common import region_item
 from labelstudio.label_config import ControlSpec
+
+if TYPE_CHECKING:  # annotations only: converting needs no torch
+    from clipsam import Prediction
 
 
 def brush_items(prediction: Prediction, control: ControlSpec, _threshold: float) -> list[dict]:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from clipsam import Prediction
+from typing import TYPE_CHECKING
+
 from labelstudio.label_config import ControlSpec
+
+if TYPE_CHECKING:  # annotations only: converting needs no torch
+    from clipsam import Prediction
 
 
 def choice_items(prediction: Prediction, control: ControlSpec, threshold: float) -> list[dict]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from clipsam import Prediction
 from labelstudio.label_config import ControlSpec
+
+if TYPE_CHECKING:  # annotations only: converting needs no torch
+    from clipsam import Prediction
 
 
 def region_item(

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from skimage import measure
 
-from clipsam import Prediction
 from labelstudio.controls.common import region_item
 from labelstudio.label_config import ControlSpec
+
+if TYPE_CHECKING:  # annotations only: converting needs no torch
+    from clipsam import Prediction
 
 #: Max distance (pixels) between a contour and its simplified polygon.
 TOLERANCE = 1.0

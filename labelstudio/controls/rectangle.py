@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from clipsam import Prediction
+from typing import TYPE_CHECKING
+
 from labelstudio.controls.common import region_item
 from labelstudio.label_config import ControlSpec
+
+if TYPE_CHECKING:  # annotations only: converting needs no torch
+    from clipsam import Prediction
 
 
 def rectangle_items(prediction: Prediction, control: ControlSpec, _threshold: float) -> list[dict]:

@@ -1,0 +1,96 @@
+"""ClipSAM predictions as Label Studio wants them: the one path /predict and pre-labelling share.
+
+Callers say, per task, how to get its image (or why there is none) and its category;
+:func:`predict_images` loads the images concurrently, runs the pipeline once per category (the
+category goes into the text prompts) and turns each prediction into Label Studio's
+``{"result", "score", "model_version"}`` with the config's controls. A task whose image fails
+gets ``None`` and a reason; the others still get predictions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from clipsam.images import ImageError
+from labelstudio.controls import to_results
+from labelstudio.errors import FetchError
+from labelstudio.label_config import LabelSpec
+
+if TYPE_CHECKING:  # torch and the backbones load when there is work, not for --help
+    from clipsam import Pipeline, Prediction
+
+
+def model_version(preset: str, head_version: str) -> str:
+    """What Label Studio sees: a new head gives a new string, so tasks get re-predicted."""
+    return f"clipsam-{preset}-{head_version}"
+
+
+def to_prediction(
+    prediction: Prediction, spec: LabelSpec, verdict_threshold: float, preset: str
+) -> dict[str, Any]:
+    """One Label Studio prediction: every control's items, the image score, the model version."""
+    return {
+        "result": to_results(prediction, spec, verdict_threshold),
+        "score": round(float(prediction.score), 4),
+        "model_version": model_version(preset, prediction.head_version),
+    }
+
+
+@dataclass
+class ImageTask:
+    """One image to predict: how to load it (None: there is nothing to load), its category.
+
+    ``error`` says why there is no image (set by the caller, or by a failed ``load``).
+    """
+
+    category: str | None
+    load: Callable[[], np.ndarray] | None = None
+    error: str = ""
+    image: np.ndarray | None = None
+
+
+#: One task's outcome: the pipeline's prediction and Label Studio's, or None (see ``error``).
+Predicted = tuple["Prediction", dict[str, Any]] | None
+
+
+def predict_images(
+    pipeline: Pipeline,
+    tasks: Sequence[ImageTask],
+    spec: LabelSpec,
+    verdict_threshold: float,
+    preset: str,
+    pool: Executor,
+    lock: contextlib.AbstractContextManager[Any] | None = None,
+) -> list[Predicted]:
+    """Load every image in ``pool``, predict per category (under ``lock``), in task order."""
+    list(pool.map(_load, tasks))
+    outcomes: list[Predicted] = [None] * len(tasks)
+    groups: dict[str | None, list[int]] = {}
+    for index, task in enumerate(tasks):
+        if task.image is not None:
+            groups.setdefault(task.category, []).append(index)
+    for category, indices in groups.items():
+        with lock or contextlib.nullcontext():
+            predictions = pipeline.predict([tasks[i].image for i in indices], category)
+        for index, prediction in zip(indices, predictions, strict=True):
+            outcomes[index] = (
+                prediction,
+                to_prediction(prediction, spec, verdict_threshold, preset),
+            )
+    return outcomes
+
+
+def _load(task: ImageTask) -> None:
+    if task.load is None:
+        task.error = task.error or "no image reference"
+        return
+    try:
+        task.image = task.load()
+    except (FetchError, ImageError) as exc:  # a broken image fails only its own task
+        task.error = str(exc)
