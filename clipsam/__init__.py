@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["Pipeline", "PipelineConfig", "Prediction", "Region", "load_pipeline"]
+__all__ = ["Pipeline", "PipelineConfig", "Prediction", "Region", "WeightPaths", "load_pipeline"]
 
 _LAZY = {
     "Pipeline": "clipsam.pipeline",
@@ -17,6 +17,7 @@ _LAZY = {
     "Region": "clipsam.pipeline",
     "load_pipeline": "clipsam.pipeline",
     "PipelineConfig": "clipsam.config",
+    "WeightPaths": "clipsam.weights",
 }
 
 

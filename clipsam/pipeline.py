@@ -274,15 +274,26 @@ class Pipeline:
         )
 
 
-def load_pipeline(preset: str | PipelineConfig = "paper", **overrides: Any) -> Pipeline:
+def load_pipeline(
+    preset: str | PipelineConfig = "paper",
+    *,
+    weight_paths: WeightPaths | None = None,
+    **overrides: Any,
+) -> Pipeline:
     """Build a pipeline from a preset (``paper``, ``fast``, ``tiny``) and config overrides.
 
-    Weights: ``CLIPSAM_HOME`` (cache dir), ``CLIPSAM_CLIP_WEIGHTS``, ``CLIPSAM_SAM_CHECKPOINT``
-    and ``CLIPSAM_HEAD`` are read here, once. Without a head file, and unless a head kind is
-    asked for explicitly, the training-free head serves until a head is trained.
+    ``weight_paths`` says where the weights are (:class:`~clipsam.weights.WeightPaths`: the
+    cache folder, explicit CLIP and SAM checkpoints, a head file, offline or not). The command
+    lines and the backend read it from the environment once, at start-up
+    (``WeightPaths.from_env()``: ``CLIPSAM_HOME``, ``CLIPSAM_CLIP_WEIGHTS``,
+    ``CLIPSAM_SAM_CHECKPOINT``, ``CLIPSAM_HEAD``, ``CLIPSAM_OFFLINE``) and pass it in; given
+    one, this function reads no environment variable. ``None`` reads them here, for callers
+    that do not pass paths yet. A ``head_path`` override wins over ``weight_paths.head``.
+    Without a head file, and unless a head kind is asked for explicitly, the training-free head
+    serves until a head is trained.
     """
     config = resolve_config(preset, **overrides)
-    paths = WeightPaths.from_env()
+    paths = WeightPaths.from_env() if weight_paths is None else weight_paths
     if config.head_path is None and paths.head is not None:
         config = dataclasses.replace(config, head_path=str(paths.head))
     if config.head_path is None and "head" not in overrides:

@@ -114,3 +114,15 @@ def test_missing_shipped_weights_say_how_to_train_them(tmp_path, monkeypatch):
     monkeypatch.setattr(weights, "MICRO_CLIP_WEIGHTS", tmp_path / "gone.safetensors")
     with pytest.raises(weights.WeightsNotFoundError, match=r"training\.miniature\.clip"):
         clipsam.load_pipeline("tiny", weights="pretrained", use_sam=False)
+
+
+def test_explicit_weight_paths_mean_the_environment_is_not_read(monkeypatch, tmp_path):
+    """Issue 13: the edges read the environment and pass ``weight_paths``; given them,
+    ``load_pipeline`` reads no variable (here one that would fail the load if it were read)."""
+    monkeypatch.setenv("CLIPSAM_CLIP_WEIGHTS", str(tmp_path / "nope.pt"))
+    monkeypatch.setenv("CLIPSAM_HEAD", str(tmp_path / "nope.safetensors"))
+    paths = WeightPaths.from_env({"CLIPSAM_HOME": str(tmp_path / "home"), "CLIPSAM_OFFLINE": "1"})
+    loaded = clipsam.load_pipeline("tiny", weights="pretrained", use_sam=False, weight_paths=paths)
+    assert loaded.info()["random_weights"] is False and loaded.head.kind == "none"
+    with pytest.raises(WeightsNotFoundError, match="CLIPSAM_CLIP_WEIGHTS points at"):
+        clipsam.load_pipeline("tiny", weights="pretrained", use_sam=False)  # no paths: env read

@@ -13,14 +13,13 @@ dataset's (VisA at full size would need >10 GB).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
-import os
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,9 +34,10 @@ from clipsam.config import PRESETS, overrides_from_json, resolve_config
 from clipsam.data import DatasetError, Sample, group_by_category, load_mask
 from clipsam.heads import HeadLoadError
 from clipsam.images import ImageError, load_image
+from clipsam.logging_setup import configure_logging
 from clipsam.metrics import evaluate, format_table, mean_row
 from clipsam.pipeline import Pipeline
-from clipsam.weights import ENV_HEAD
+from clipsam.weights import ENV_HEAD, WeightPaths
 from training import report
 from training.datasets import load_samples
 
@@ -130,9 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging()
     try:
         overrides = pipeline_overrides(args)
         resolve_config(args.preset, **overrides)  # unknown fields fail here, before any work
@@ -141,8 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        with _training_free_head(args.head == "none"):
-            pipeline = load_pipeline(args.preset, **overrides)
+        pipeline = load_pipeline(args.preset, weight_paths=weight_paths(args), **overrides)
     except HeadLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -227,6 +224,14 @@ def class_mean(per_class: Mapping[str, Mapping[str, float]]) -> dict[str, float]
 # --------------------------------------------------------------------------------------------
 # Arguments → pipeline overrides and datasets
 # --------------------------------------------------------------------------------------------
+
+
+def weight_paths(args: argparse.Namespace) -> WeightPaths:
+    """Where the weights are, read from the environment here, at the edge
+    (``WeightPaths.from_env``); ``--head none`` drops ``$CLIPSAM_HEAD``, so the training-free
+    head is evaluated whatever it names."""
+    paths = WeightPaths.from_env()
+    return dataclasses.replace(paths, head=None) if args.head == "none" else paths
 
 
 def pipeline_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -328,17 +333,6 @@ def spread(samples: Sequence[Sample], limit: int) -> list[Sample]:
         return list(samples)
     keep = np.linspace(0, len(samples) - 1, limit).round().astype(int)
     return [samples[i] for i in keep]
-
-
-@contextmanager
-def _training_free_head(active: bool) -> Iterator[None]:
-    """Hide ``$CLIPSAM_HEAD`` while loading, which ``load_pipeline`` would otherwise prefer."""
-    saved = os.environ.pop(ENV_HEAD, None) if active else None
-    try:
-        yield
-    finally:
-        if saved is not None:
-            os.environ[ENV_HEAD] = saved
 
 
 # --------------------------------------------------------------------------------------------

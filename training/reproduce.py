@@ -40,8 +40,10 @@ from typing import Any
 from clipsam import load_pipeline
 from clipsam.config import PRESETS
 from clipsam.heads import save_head
+from clipsam.logging_setup import configure_logging
 from clipsam.metrics import evaluate
 from clipsam.pipeline import Pipeline
+from clipsam.weights import WeightPaths
 from training.datasets import iter_labeled
 from training.evaluate import class_mean, open_datasets, predict_class
 from training.trainer import TrainConfig, prepare_samples, train_head
@@ -187,9 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging()
     for flag, value in (
         ("--epochs", args.epochs),
         ("--max-images", args.max_images),
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     preset = args.preset or ("tiny" if args.miniature else "fast")
-    pipeline = load_pipeline(preset, **overrides)
+    pipeline = load_pipeline(preset, weight_paths=WeightPaths.from_env(), **overrides)
     if args.miniature:
         if args.world_dir is not None:
             runs = miniature_protocol(pipeline, args.world_dir, options)

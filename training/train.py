@@ -17,7 +17,9 @@ from pathlib import Path
 from clipsam import load_pipeline
 from clipsam.config import all_fields
 from clipsam.heads import load_head, save_head
+from clipsam.logging_setup import configure_logging
 from clipsam.metrics import format_table
+from clipsam.weights import WeightPaths
 from training.datasets import iter_labeled, load_samples
 from training.trainer import TrainConfig, prepare_samples, split_holdout, train_head
 
@@ -58,16 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging()
     overrides = dict(_parse_set(item) for item in args.set)
     overrides.update(head=args.head, device=args.device, seed=args.seed)
     if args.cache_dir:
         overrides["cache_dir"] = args.cache_dir
     if args.weights:
         overrides["weights"] = args.weights
-    pipeline = load_pipeline(args.preset, **overrides)
+    pipeline = load_pipeline(args.preset, weight_paths=WeightPaths.from_env(), **overrides)
     categories = args.categories.split(",") if args.categories else None
     samples = load_samples(args.data, split=args.split, categories=categories)
     logger.info("%d samples from %s", len(samples), ", ".join(args.data))

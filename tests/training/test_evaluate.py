@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 from contextlib import redirect_stdout
 from html.parser import HTMLParser
 from pathlib import Path
@@ -194,22 +195,40 @@ def test_help_names_the_options(capsys) -> None:
 
 
 def test_head_none_ignores_the_environment_head(monkeypatch, data_root: Path) -> None:
-    """``--head none`` means the training-free head even where $CLIPSAM_HEAD names a file."""
+    """``--head none`` means the training-free head even where $CLIPSAM_HEAD names a file: the
+    weight paths passed to ``load_pipeline`` carry no head, and the environment is left alone
+    (issue 13: the environment is read at the edges, never edited to steer a load)."""
     monkeypatch.setenv(ENV_HEAD, "/elsewhere/head.safetensors")
+    monkeypatch.setenv("CLIPSAM_CLIP_WEIGHTS", "/elsewhere/clip.safetensors")
     seen = {}
 
     class Loaded(Exception):
         pass
 
-    def fake_load(preset, **overrides):
-        seen.update(preset=preset, overrides=overrides, env=ev.os.environ.get(ENV_HEAD))
+    def fake_load(preset, weight_paths, **overrides):
+        seen.update(preset=preset, overrides=overrides, env=os.environ.get(ENV_HEAD),
+                    head=weight_paths.head, clip=weight_paths.clip)  # fmt: skip
         raise Loaded
 
     monkeypatch.setattr(ev, "load_pipeline", fake_load)
     with pytest.raises(Loaded):
         ev.main(["--data", f"mvtec:{data_root}", "--preset", "tiny", "--head", "none"])
-    assert seen == {"preset": "tiny", "overrides": {"head": "none", "head_path": None}, "env": None}
-    assert ev.os.environ[ENV_HEAD] == "/elsewhere/head.safetensors"  # restored
+    assert seen == {
+        "preset": "tiny",
+        "overrides": {"head": "none", "head_path": None},
+        "env": "/elsewhere/head.safetensors",  # untouched, even while loading
+        "head": None,
+        "clip": Path("/elsewhere/clip.safetensors"),  # the rest of the environment still counts
+    }
+    assert os.environ[ENV_HEAD] == "/elsewhere/head.safetensors"
+
+
+def test_head_file_from_the_environment_by_default(monkeypatch, tmp_path: Path) -> None:
+    """Without --head, $CLIPSAM_HEAD names the head (read into the weight paths, at the edge)."""
+    monkeypatch.setenv(ENV_HEAD, str(tmp_path / "head.safetensors"))
+    args = ev.build_parser().parse_args(["--data", "mvtec:/x"])
+    assert ev.weight_paths(args).head == tmp_path / "head.safetensors"
+    assert "head_path" not in ev.pipeline_overrides(args)
 
 
 # -- pieces ---------------------------------------------------------------------------------------
