@@ -109,7 +109,11 @@ class ModelService:
 
     def _load(self) -> Pipeline:
         """The backbones (and the training-free head); :meth:`_install_head` adds the head."""
-        return load_pipeline(self.settings.preset, **pipeline_overrides(self.settings))
+        return load_pipeline(
+            self.settings.preset,
+            weight_paths=self.settings.weight_paths,
+            **pipeline_overrides(self.settings),
+        )
 
     def _install_head(self, pipeline: Pipeline) -> None:
         wanted = self.settings.head_path

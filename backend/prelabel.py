@@ -37,6 +37,7 @@ from backend.prelabel_core import (
     run_worker,
     write_tasks_atomic,
 )
+from clipsam.logging_setup import configure_logging, log_level
 from labelstudio.fetch import ImageFetcher
 from labelstudio.label_config import LabelConfigError, LabelSpec, parse_label_config
 from labelstudio.settings import FetchSettings, api_key_from_env
@@ -178,8 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = (os.environ.get("LOG_LEVEL") or "WARNING").upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(log_level(default="WARNING"))  # LOG_LEVEL, LOG_FORMAT=json
     if threading.current_thread() is threading.main_thread() and not args.worker:
         signal.signal(signal.SIGTERM, _interrupt)  # docker stop: stop as cleanly as on Ctrl-C
     try:
@@ -353,10 +353,12 @@ def _run_in_process(
     chunks: list[list[Item]], options: dict[str, Any], spec: LabelSpec, api_key: str | None,
     finish: Callable[[Records], None],
 ) -> None:  # fmt: skip
-    from clipsam import load_pipeline
+    from clipsam import WeightPaths, load_pipeline
 
     try:
-        pipeline = load_pipeline(options["preset"], **options["overrides"])
+        pipeline = load_pipeline(
+            options["preset"], weight_paths=WeightPaths.from_env(), **options["overrides"]
+        )
     except (ValueError, OSError) as exc:
         raise UsageError(f"could not load the model: {exc}") from None
     settings = fetch_settings(options["fetch"])

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from clipsam.config import overrides_from_json
+from clipsam.weights import WeightPaths
 from labelstudio.settings import FetchSettings
 
 
@@ -34,6 +35,10 @@ class Settings:
     device: str = "auto"
     #: The head file to serve (``CLIPSAM_HEAD``); the training-free head when unset.
     head_path: Path | None = None
+    #: Where the weights are (``CLIPSAM_HOME``, ``CLIPSAM_CLIP_WEIGHTS``,
+    #: ``CLIPSAM_SAM_CHECKPOINT``, ``CLIPSAM_HEAD``, ``CLIPSAM_OFFLINE``), read with the rest;
+    #: ``None`` (settings built in code) lets ``load_pipeline`` read them itself.
+    weight_paths: WeightPaths | None = None
     #: Pipeline config overrides by field name, from ``CLIPSAM_CONFIG`` (JSON object),
     #: e.g. ``{"tau": 0.4, "top_k": 4}``.
     pipeline_overrides: dict[str, Any] = field(default_factory=dict)
@@ -125,6 +130,7 @@ class Settings:
             preset=text("CLIPSAM_PRESET") or cls.preset,
             device=text("CLIPSAM_DEVICE") or cls.device,
             head_path=Path(head) if (head := text("CLIPSAM_HEAD")) else None,
+            weight_paths=WeightPaths.from_env(dict(env)),
             pipeline_overrides=_overrides(text("CLIPSAM_CONFIG")),
             default_category=text("CLIPSAM_DEFAULT_CATEGORY"),
             category_key=text("CLIPSAM_CATEGORY_KEY") or cls.category_key,
