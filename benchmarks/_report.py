@@ -25,6 +25,9 @@ def main(
     os.environ.pop("CLIPSAM_HEAD", None)
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
+    from clipsam.logging_setup import configure_logging, log_level
+
+    configure_logging(log_level(default="WARNING"))  # the report is the output; LOG_FORMAT=json
     report = run(args)
     if echo:
         print(report)
