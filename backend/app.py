@@ -25,18 +25,18 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from backend import log_redact, metrics
 from backend.admission import PredictGate, RateLimiter
-from backend.events import EventLog
 from backend.limits import RequestLimits
-from backend.log_throttle import ThrottledWarning
-from backend.loop import CorrectionLoop
 from backend.model import ModelNotReady, ModelService
 from backend.predictor import TaskPredictor
 from backend.settings import Settings
+from clipsam.log_throttle import ThrottledWarning
+from correction_loop.events import EventLog
+from correction_loop.loop import CorrectionLoop
+from correction_loop.registry import HeadVersion, ModelRegistry
 from labelstudio.fetch import ImageFetcher
 from labelstudio.label_config import LabelConfigError, LabelSpec, parse_label_config
 from labelstudio.predictions import model_version
 from labelstudio.projects import project_id
-from training.registry import HeadVersion, ModelRegistry
 
 logger = logging.getLogger(__name__)
 

@@ -32,15 +32,15 @@ from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.routing import Match
 
-from backend.log_throttle import ThrottledWarning
-from training.registry import ModelRegistry
+from clipsam.log_throttle import ThrottledWarning
+from correction_loop.registry import ModelRegistry
 
 if TYPE_CHECKING:  # predictor.py imports this module: keep it light and free of cycles
     from rq import Queue
 
-    from backend.loop import CorrectionLoop
     from backend.model import ModelService
     from backend.settings import Settings
+    from correction_loop.loop import CorrectionLoop
 
 logger = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ def retrain_failures(queue: Queue) -> Iterator[Metric]:
     """Failed retrain jobs by kind (killed, timeout, error) and the newest one's reason."""
     from rq.job import Job
 
-    from training.scheduler import ERROR, KILLED, TIMEOUT, failure_of
+    from correction_loop.scheduler import ERROR, KILLED, TIMEOUT, failure_of
 
     ids = queue.failed_job_registry.get_job_ids(cleanup=False)[-FAILED_JOBS_READ:]
     jobs = [job for job in Job.fetch_many(ids, connection=queue.connection) if job is not None]

@@ -214,7 +214,7 @@ def run_on_workers(
     import redis
     from rq import Queue, Worker
 
-    from training.redis_conn import connect, release
+    from correction_loop.redis_conn import connect, release
 
     try:
         connection = connect(redis_url, model_dir)
@@ -285,7 +285,7 @@ def run_worker(redis_url: str | None, model_dir: Path, burst: bool = False) -> i
     """An rq worker for ``clipsam-prelabel``, keeping its model loaded between chunks."""
     from rq import Queue, SimpleWorker
 
-    from training.redis_conn import connect, release
+    from correction_loop.redis_conn import connect, release
 
     connection = connect(redis_url, model_dir)
     try:

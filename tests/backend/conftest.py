@@ -18,8 +18,8 @@ import clipsam
 from backend.app import create_app
 from backend.model import ModelService
 from backend.settings import Settings
+from correction_loop.redis_conn import connect, release
 from tests.helpers import BlobHead, loopback_only
-from training.redis_conn import connect, release
 
 
 @pytest.fixture(autouse=True)

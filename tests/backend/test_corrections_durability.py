@@ -14,11 +14,11 @@ from rq import Queue
 from backend.app import create_app
 from backend.model import ModelService
 from backend.settings import Settings
+from correction_loop.scheduler import QUEUE_NAME
+from correction_loop.store import CorrectionStore
 from tests.backend.conftest import serve
 from tests.helpers import LABEL_CONFIG, annotation_event, wait_for
 from tests.redis_process import RedisProcess
-from training.scheduler import QUEUE_NAME
-from training.store import CorrectionStore
 
 
 def _events(count: int, first: int = 1) -> list[dict]:

@@ -19,11 +19,11 @@ from backend.model import ModelService
 from backend.settings import Settings
 from clipsam.data import load_mask, make_synthetic_dataset, read_mvtec
 from clipsam.images import load_image
+from correction_loop.registry import ModelRegistry
+from correction_loop.retrain import is_held_out
+from correction_loop.store import CorrectionStore
 from tests.backend.conftest import file_server, serve
 from tests.helpers import LABEL_CONFIG, annotation_event, count_backbone_calls, wait_for
-from training.registry import ModelRegistry
-from training.retrain import is_held_out
-from training.store import CorrectionStore
 
 PROJECT = 3
 HOLDOUT = 0.2

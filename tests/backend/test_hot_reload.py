@@ -14,10 +14,10 @@ import clipsam
 from backend.app import create_app
 from backend.model import ModelService
 from backend.settings import Settings
+from correction_loop.registry import ModelRegistry, RegistryError
 from tests.backend.conftest import serve
 from tests.helpers import LABEL_CONFIG, count_backbone_calls, wait_for
 from tests.redis_process import RedisProcess
-from training.registry import ModelRegistry, RegistryError
 
 
 def test_predictions_during_head_swaps_all_succeed_and_never_mix_heads(

@@ -32,10 +32,10 @@ from backend.app import create_app
 from backend.model import ModelService
 from backend.settings import Settings
 from clipsam.weights import MICRO_CLIP_WEIGHTS
+from correction_loop.registry import ModelRegistry
 from tests import tiles
 from tests.backend.conftest import file_server, serve
 from tests.helpers import LABEL_CONFIG, annotation_event, wait_for
-from training.registry import ModelRegistry
 
 pytestmark = [
     pytest.mark.slow,

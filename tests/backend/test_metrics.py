@@ -21,7 +21,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from clipsam.logging_setup import JsonFormatter
-from training.registry import ModelRegistry
+from correction_loop.registry import ModelRegistry
 
 CONFIG = """
 <View>

@@ -23,7 +23,7 @@ from rq import Queue
 from backend.prelabel import main
 from backend.prelabel_core import QUEUE_NAME
 from clipsam.data import make_synthetic_dataset, open_dataset
-from training.redis_conn import connect, release
+from correction_loop.redis_conn import connect, release
 
 MODEL = ["--preset", "tiny", "--config", '{"use_sam": false}', "--quiet"]
 VERSION = "clipsam-tiny-zero-shot"

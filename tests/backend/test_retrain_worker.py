@@ -17,14 +17,14 @@ from backend.metrics import retrain_failures
 from clipsam.data import load_mask, make_synthetic_dataset, read_mvtec
 from clipsam.heads import load_head
 from clipsam.images import load_image
+from correction_loop.corrections import correction_from_event
+from correction_loop.registry import ModelRegistry
+from correction_loop.retrain import alive_key
+from correction_loop.scheduler import QUEUE_NAME, RetrainPolicy, RetrainScheduler, failure_of
+from correction_loop.store import CorrectionStore
 from tests.backend.conftest import file_server
 from tests.helpers import annotation_event, wait_for
 from tests.redis_process import RedisProcess
-from training.corrections import correction_from_event
-from training.registry import ModelRegistry
-from training.retrain import alive_key
-from training.scheduler import QUEUE_NAME, RetrainPolicy, RetrainScheduler, failure_of
-from training.store import CorrectionStore
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -16,9 +16,9 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from correction_loop.store import CorrectionStore
 from tests.faults.harness import Flood, LatencyProbe, events, row
 from tests.helpers import LABEL_CONFIG, wait_for
-from training.store import CorrectionStore
 
 
 @contextmanager

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from backend.events import EventLog, EventPump
+from correction_loop.events import EventLog, EventPump
+from correction_loop.store import CorrectionStore
 from tests.faults.harness import LatencyProbe, aid, events, row
 from tests.helpers import wait_for
-from training.store import CorrectionStore
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -108,7 +108,7 @@ _CHILD = textwrap.dedent(
     """
     import json, os, signal, sys
     from pathlib import Path
-    from backend.events import EventLog
+    from correction_loop.events import EventLog
     log = EventLog(Path(sys.argv[1]))
     mode = sys.argv[2]
     for i in range(3):
@@ -158,7 +158,7 @@ _FULL = textwrap.dedent(
     """
     import json, resource, signal, sys
     from pathlib import Path
-    from backend.events import EventLog
+    from correction_loop.events import EventLog
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of death, like ENOSPC
     log = EventLog(Path(sys.argv[1]))
     _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)

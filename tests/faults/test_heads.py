@@ -14,12 +14,12 @@ import torch
 import clipsam
 from backend.app import create_app
 from backend.settings import Settings
+from correction_loop.registry import ModelRegistry, RegistryError
+from correction_loop.registry_cli import main as training_cli
+from correction_loop.store import CorrectionStore
 from tests.backend.conftest import serve
 from tests.faults.harness import Flood, LatencyProbe, events, row
 from tests.helpers import wait_for
-from training.__main__ import main as training_cli
-from training.registry import ModelRegistry, RegistryError
-from training.store import CorrectionStore
 
 REPO = Path(__file__).resolve().parents[2]
 

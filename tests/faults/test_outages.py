@@ -21,11 +21,11 @@ import pytest
 from backend.app import create_app
 from backend.model import ModelService
 from backend.settings import Settings
+from correction_loop.store import CorrectionStore
 from tests.backend.conftest import serve
 from tests.faults.harness import Flood, LatencyProbe, events, row
 from tests.helpers import wait_for
 from tests.redis_process import RedisProcess
-from training.store import CorrectionStore
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "s3cr3t-hook-value"

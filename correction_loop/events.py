@@ -24,7 +24,7 @@ from typing import Any
 
 import redis
 
-from backend.log_throttle import ThrottledWarning
+from clipsam.log_throttle import ThrottledWarning
 
 logger = logging.getLogger(__name__)
 

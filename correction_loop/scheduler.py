@@ -18,9 +18,9 @@ from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
-from backend.log_throttle import ThrottledWarning
-from training.retrain import alive_key, heartbeat_seconds
-from training.store import CorrectionStore
+from clipsam.log_throttle import ThrottledWarning
+from correction_loop.retrain import alive_key, heartbeat_seconds
+from correction_loop.store import CorrectionStore
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class RetrainPolicy:
 
 
 class RetrainScheduler:
-    """Decides and enqueues; ``job_kwargs`` are passed to ``training.retrain.retrain_job``."""
+    """Decides and enqueues; ``job_kwargs`` go to :func:`correction_loop.retrain.retrain_job`."""
 
     def __init__(
         self,
@@ -136,7 +136,7 @@ class RetrainScheduler:
             self.archive(existing, _failure_kind(existing), _failure_text(existing))
         self.connection.set(self._last_key(project), time.time())
         job = self.queue.enqueue(
-            "training.retrain.retrain_job",
+            "correction_loop.retrain.retrain_job",
             kwargs={**self.job_kwargs, "project": project, "reason": reason},
             job_id=job_id,
             job_timeout=self.policy.job_timeout,

@@ -11,11 +11,11 @@ import pytest
 
 from clipsam.data import load_mask, make_synthetic_dataset, read_mvtec
 from clipsam.images import load_image
+from correction_loop.corrections import correction_from_event
+from correction_loop.registry import ModelRegistry
+from correction_loop.retrain import is_held_out, retrain_job
+from correction_loop.store import CorrectionStore
 from tests.helpers import annotation_event
-from training.corrections import correction_from_event
-from training.registry import ModelRegistry
-from training.retrain import is_held_out, retrain_job
-from training.store import CorrectionStore
 
 
 class _CountingFiles(http.server.SimpleHTTPRequestHandler):
@@ -98,8 +98,8 @@ def test_a_job_without_usable_corrections_changes_nothing(tmp_path, redis_server
 
 
 def test_a_small_project_still_holds_one_correction_out():
-    from training.corrections import Correction
-    from training.retrain import split_corrections
+    from correction_loop.corrections import Correction
+    from correction_loop.retrain import split_corrections
 
     corrections = [
         Correction(annotation_id=i, task_id=i, project="3", image=f"{i}.png", category=None,

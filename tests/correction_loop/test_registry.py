@@ -1,6 +1,6 @@
 """ModelRegistry on real files and a real Redis, and its ``python -m training`` CLI.
 
-``redis_server`` / ``redis_factory`` (tests/training/conftest.py) start a real redis-server.
+``redis_server`` / ``redis_factory`` (tests/correction_loop/conftest.py) start a real redis-server.
 """
 
 from __future__ import annotations
@@ -19,9 +19,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from clipsam.heads import load_head, read_head_metadata
-from training.__main__ import main
-from training.redis_conn import embedded_path
-from training.registry import (
+from correction_loop.redis_conn import embedded_path
+from correction_loop.registry import (
     HEAD_FILE,
     META_FILE,
     SERVING_FILE,
@@ -29,6 +28,7 @@ from training.registry import (
     RegistryError,
     UnknownVersionError,
 )
+from correction_loop.registry_cli import main
 
 METRICS = {"pixel_auroc": 0.91, "aupro": 0.8, "image_auroc": 0.95}
 
