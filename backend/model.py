@@ -131,9 +131,9 @@ class ModelService:
                 logger.error("head %s not served: %s", path, exc)
                 continue
             pipeline.set_head(head)
-            if index:
+            if index:  # the wanted head (index 0) failed and set ``fallback``
                 logger.error("%s; serving the last good head %s", self.fallback, head.version)
-                self.fallback += f"; serving the last good head {head.version}"
+                self.fallback = f"{self.fallback}; serving the last good head {head.version}"
             return
         pipeline.set_head(pipeline.new_head(kind="none"))
         self.fallback = f"{self.fallback}; serving the training-free head"

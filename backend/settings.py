@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from clipsam.config import overrides_from_json
 from clipsam.weights import WeightPaths
@@ -165,6 +165,10 @@ def _overrides(raw: str | None) -> dict[str, Any]:
     return {} if raw is None else overrides_from_json(raw, "CLIPSAM_CONFIG")
 
 
+@overload
+def _flag(raw: str | None, default: bool) -> bool: ...
+@overload
+def _flag(raw: str | None, default: None) -> bool | None: ...
 def _flag(raw: str | None, default: bool | None) -> bool | None:
     if raw is None:
         return default

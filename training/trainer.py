@@ -182,7 +182,8 @@ def evaluate_head(
 ) -> dict[str, dict[str, float]]:
     """All eight metrics per class on coarse maps at the CLIP input size, plus their mean."""
     head = head.to(pipeline.device).eval()
-    per_class: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    # (maps, masks, scores, labels): labels None, so clipsam.metrics reads them off the masks.
+    per_class: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, None]] = {}
     for category, group in _by_category(samples).items():
         text = pipeline.text_features(category).to(pipeline.device)
         maps, scores = [], []
