@@ -14,7 +14,7 @@ import errno
 import logging
 import time
 from collections import Counter as Tally
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request, Response
@@ -109,7 +109,9 @@ def install(
     GCCollector(registry=registry)
 
     @app.middleware("http")
-    async def observe(request: Request, call_next):  # type: ignore[no-untyped-def]
+    async def observe(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
         start, code = time.perf_counter(), 500  # an exception escaping the app is a 500
         try:
             response = await call_next(request)
