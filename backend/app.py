@@ -26,12 +26,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from backend import log_redact, metrics
 from backend.admission import PredictGate, RateLimiter
 from backend.limits import RequestLimits
-from backend.model import ModelNotReady, ModelService
+from backend.model import ModelNotReady, ModelService, pipeline_overrides
 from backend.predictor import TaskPredictor
 from backend.settings import Settings
 from clipsam.log_throttle import ThrottledWarning
 from correction_loop.events import EventLog
-from correction_loop.loop import CorrectionLoop
+from correction_loop.loop import CorrectionLoop, LoopSettings
 from correction_loop.registry import HeadVersion, ModelRegistry
 from labelstudio.fetch import ImageFetcher
 from labelstudio.label_config import LabelConfigError, LabelSpec, parse_label_config
@@ -92,7 +92,7 @@ def create_app(settings: Settings | None = None, model: ModelService | None = No
     model = model or ModelService(settings, fallbacks=lambda: _fallback_heads(settings))
     fetcher = ImageFetcher(settings.fetch, settings.label_studio_api_key)
     predictor = TaskPredictor(settings, model, fetcher)
-    loop = CorrectionLoop(settings, model, events) if settings.corrections else None
+    loop = CorrectionLoop(loop_settings(settings), model, events) if settings.corrections else None
     if loop is not None:
         loop.reloader.registry_version = serving.version if serving is not None else None
     project_configs: dict[str, str] = {}
@@ -249,6 +249,26 @@ def store_event(events: EventLog, action: str, payload: dict[str, Any]) -> None:
         code = 507 if exc.errno in NO_SPACE else 503
         raise HTTPException(code, f"event not stored: {exc.strerror or exc}") from exc
     metrics.webhook_event(action)
+
+
+def loop_settings(settings: Settings) -> LoopSettings:
+    """What the correction loop needs of this backend's settings (no secrets)."""
+    return LoopSettings(
+        model_dir=settings.model_dir,
+        preset=settings.preset,
+        pipeline_overrides=pipeline_overrides(settings),
+        fetch=settings.fetch,
+        redis_url=settings.redis_url,
+        category_key=settings.category_key,
+        default_category=settings.default_category,
+        retrain_every=settings.retrain_every,
+        retrain_interval=settings.retrain_interval,
+        retrain_epochs=settings.retrain_epochs,
+        retrain_holdout=settings.retrain_holdout,
+        base_data=settings.base_data,
+        inprocess_worker=settings.inprocess_worker,
+        reload_poll=settings.reload_poll,
+    )
 
 
 def _serving_head(settings: Settings) -> HeadVersion | None:

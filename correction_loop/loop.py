@@ -1,34 +1,61 @@
 """The correction loop inside a backend process: events → store → retrain → hot reload.
 
-Wires the pieces from ``training`` together: the event pump (webhook log → Redis), the retrain
+Wires the pieces of this package together: the event pump (webhook log → Redis), the retrain
 scheduler, the head reloader, and, with the embedded Redis, an in-process retraining worker
-that borrows this process's already loaded pipeline.
+that borrows this process's already loaded pipeline. The backend hands it :class:`LoopSettings`
+(what the loop needs of its settings) and its model service (:class:`ServedModel`).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from backend.model import ModelService, pipeline_overrides
-from backend.settings import Settings
 from correction_loop.events import EventLog, EventPump
 from correction_loop.import_export import corrections_from_tasks
 from correction_loop.redis_conn import connect, release
 from correction_loop.registry import ModelRegistry
-from correction_loop.reloader import HeadReloader
+from correction_loop.reloader import HeadReloader, ServedModel
 from correction_loop.retrain import share_pipeline
 from correction_loop.scheduler import RetrainPolicy, RetrainScheduler
 from correction_loop.store import CorrectionStore
 from correction_loop.worker import ThreadWorker, run_in_thread
 from labelstudio.projects import project_id
+from labelstudio.settings import FetchSettings
 
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class LoopSettings:
+    """What the loop needs to know; nothing secret (job arguments are kept in Redis)."""
+
+    model_dir: Path
+    preset: str
+    #: What every process of this deployment builds its pipeline with (backend and worker).
+    pipeline_overrides: dict[str, Any] = field(default_factory=dict)
+    #: How retrain jobs fetch the corrected images; workers add their own API key.
+    fetch: FetchSettings = field(default_factory=FetchSettings)
+    #: ``REDIS_URL``; an embedded server under ``model_dir`` when unset.
+    redis_url: str | None = None
+    category_key: str = "category"
+    default_category: str | None = None
+    retrain_every: int = 20
+    retrain_interval: float = 0.0
+    retrain_epochs: int = 10
+    retrain_holdout: float = 0.2
+    #: Extra labelled datasets mixed into every retrain (``mvtec:PATH``...).
+    base_data: tuple[str, ...] = ()
+    #: Run retraining jobs inside this process (default: only with the embedded Redis).
+    inprocess_worker: bool | None = None
+    reload_poll: float = 5.0
+
+
 class CorrectionLoop:
-    def __init__(self, settings: Settings, model: ModelService, events: EventLog) -> None:
+    def __init__(self, settings: LoopSettings, model: ServedModel, events: EventLog) -> None:
         self.settings = settings
         self.model = model
         self.connection = connect(settings.redis_url, settings.model_dir)
@@ -121,11 +148,10 @@ class CorrectionLoop:
     def _job_kwargs(self) -> dict[str, Any]:
         """What a retrain job needs; no secrets (jobs sit in Redis): workers read their own env."""
         s = self.settings
-        overrides = pipeline_overrides(s)
         return {
             "model_dir": str(s.model_dir),
             "preset": s.preset,
-            "pipeline_overrides": overrides,
+            "pipeline_overrides": dict(s.pipeline_overrides),
             "settings": s.fetch.to_job(),  # nothing secret: workers read their own API key
             "epochs": s.retrain_epochs,
             "holdout": s.retrain_holdout,

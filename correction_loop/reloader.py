@@ -14,10 +14,10 @@ import json
 import logging
 import threading
 from pathlib import Path
+from typing import Protocol
 
 import redis
 
-from backend.model import ModelService
 from clipsam import Pipeline
 from clipsam.heads import load_head
 from clipsam.log_throttle import ThrottledWarning
@@ -27,10 +27,24 @@ from training.head_check import check_head, pipeline_shapes
 logger = logging.getLogger(__name__)
 
 
+class ServedModel(Protocol):
+    """What the loop needs of the process's model service (``backend.model.ModelService``)."""
+
+    #: Why the wanted head is not the one served; cleared once a reload serves it.
+    fallback: str | None
+    #: A head version that failed to load here, so it is not retried on every poll.
+    rejected_head: str | None
+
+    @property
+    def ready(self) -> bool: ...
+
+    def wait(self, timeout: float) -> Pipeline: ...
+
+
 class HeadReloader:
     def __init__(
         self,
-        model: ModelService,
+        model: ServedModel,
         registry: ModelRegistry,
         poll: float = 5.0,
     ) -> None:
