@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from clipsam.images import load_image
+from correction_loop import keys
 from labelstudio.fetch import ImageFetcher
 from labelstudio.label_config import LabelSpec, parse_label_config
 from labelstudio.predictions import ImageTask, predict_images
@@ -33,7 +34,6 @@ if TYPE_CHECKING:  # torch and the backbones load when there is work, not for --
 
 logger = logging.getLogger(__name__)
 
-QUEUE_NAME = "clipsam-prelabel"
 PROGRESS_FORMAT = "clipsam-prelabel-progress/1"
 JOB_TIMEOUT = 3600  # seconds for one chunk on one worker
 RESULT_TTL = 24 * 3600
@@ -221,7 +221,7 @@ def run_on_workers(
         connection.ping()
     except redis.exceptions.RedisError as exc:
         raise UsageError(f"cannot reach Redis ({redis_url or 'embedded'}): {exc}") from None
-    queue = Queue(QUEUE_NAME, connection=connection)
+    queue = Queue(keys.PRELABEL_QUEUE, connection=connection)
     pending: deque = deque()
     todo = iter(chunks)
     try:
@@ -277,7 +277,7 @@ def _collect(job: Any, count_workers: Callable[[], int]) -> Records:
             raise RuntimeError(f"rq job {job.id} vanished from Redis")
         if not hinted and time.monotonic() - started > NO_WORKER_HINT and not count_workers():
             logger.warning("no rq worker listens on %s; start some with: "
-                           "python -m backend.prelabel --worker", QUEUE_NAME)  # fmt: skip
+                           "python -m backend.prelabel --worker", keys.PRELABEL_QUEUE)  # fmt: skip
             hinted = True
 
 
@@ -289,7 +289,9 @@ def run_worker(redis_url: str | None, model_dir: Path, burst: bool = False) -> i
 
     connection = connect(redis_url, model_dir)
     try:
-        worker = SimpleWorker([Queue(QUEUE_NAME, connection=connection)], connection=connection)
+        worker = SimpleWorker(
+            [Queue(keys.PRELABEL_QUEUE, connection=connection)], connection=connection
+        )
         worker.work(burst=burst, with_scheduler=False)
     finally:
         release(connection)

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from correction_loop import keys
 from correction_loop.corrections import Correction, correction_from_event
 from correction_loop.store import CorrectionStore
 
@@ -142,7 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--category-key", default="category", help="task data key of the category")
     parser.add_argument("--default-category", help="category when a task's data has none")
-    parser.add_argument("--prefix", default="clipsam", help="Redis key prefix (default: clipsam)")
+    parser.add_argument(
+        "--prefix", default=keys.PREFIX, help=f"Redis key prefix (default: {keys.PREFIX})"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=os.environ.get("LOG_LEVEL", "INFO").upper(),

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clipsam.heads import HeadLoadError, read_head_metadata, save_head
+from correction_loop import keys
 
 if TYPE_CHECKING:
     import redis
@@ -85,7 +86,7 @@ class ModelRegistry:
     """Heads on disk as versions, one of them served; safe to share between processes."""
 
     def __init__(
-        self, model_dir: str | Path, redis: redis.Redis | None = None, prefix: str = "clipsam"
+        self, model_dir: str | Path, redis: redis.Redis | None = None, prefix: str = keys.PREFIX
     ) -> None:
         self.model_dir = Path(model_dir).absolute()
         self.heads_dir = self.model_dir / HEADS_DIR
@@ -96,14 +97,14 @@ class ModelRegistry:
     # ---- Redis names ---------------------------------------------------------------------
     @property
     def serving_key(self) -> str:
-        return f"{self.prefix}:serving_head"
+        return keys.serving_head(self.prefix)
 
     @property
     def channel(self) -> str:
-        return f"{self.prefix}:head_promotions"
+        return keys.head_promotions(self.prefix)
 
     def blob_key(self, version: str) -> str:
-        return f"{self.prefix}:head_blob:{version}"
+        return keys.head_blob(version, self.prefix)
 
     # ---- reading -------------------------------------------------------------------------
     def versions(self) -> list[HeadVersion]:

@@ -26,6 +26,7 @@ from rq import get_current_job
 from clipsam import Pipeline, load_pipeline
 from clipsam.heads import AnomalyHead, load_head
 from clipsam.images import load_image
+from correction_loop import keys
 from correction_loop.corrections import Correction
 from correction_loop.redis_conn import connect
 from correction_loop.registry import ModelRegistry, RegistryError
@@ -64,19 +65,16 @@ def heartbeat_seconds() -> float:
     return float(os.environ.get("CLIPSAM_RETRAIN_HEARTBEAT", "30"))
 
 
-def alive_key(project: str) -> str:
-    return f"clipsam:project:{project}:retrain_alive"
-
-
 @contextlib.contextmanager
 def heartbeat(connection: redis.Redis, project: str) -> Iterator[None]:
-    """Keep ``alive_key`` fresh while the job runs, so a killed worker is noticed in seconds.
+    """Keep the project's ``retrain_alive`` key fresh while the job runs, so that a killed
+    worker is noticed in seconds.
 
     rq marks a job started for its whole timeout even when its worker died (SIGKILL, OOM);
     the scheduler uses this key to tell a running job from an abandoned one.
     """
     period = heartbeat_seconds()
-    key, stop = alive_key(project), threading.Event()
+    key, stop = keys.retrain_alive(project), threading.Event()
 
     def beat() -> None:
         while True:

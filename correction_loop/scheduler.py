@@ -19,12 +19,12 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
 from clipsam.log_throttle import ThrottledWarning
-from correction_loop.retrain import alive_key, heartbeat_seconds
+from correction_loop import keys
+from correction_loop.retrain import heartbeat_seconds
 from correction_loop.store import CorrectionStore
 
 logger = logging.getLogger(__name__)
 
-QUEUE_NAME = "clipsam-retrain"
 ACTIVE = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
 #: Finished and failed jobs stay visible this long (rq's registries, /metrics).
 FAILURE_TTL = 7 * 24 * 3600
@@ -68,14 +68,14 @@ class RetrainScheduler:
         store: CorrectionStore,
         policy: RetrainPolicy,
         job_kwargs: dict[str, Any],
-        prefix: str = "clipsam",
+        prefix: str = keys.PREFIX,
     ) -> None:
         self.connection = connection
         self.store = store
         self.policy = policy
         self.job_kwargs = job_kwargs
         self.prefix = prefix
-        self.queue = Queue(QUEUE_NAME, connection=connection)
+        self.queue = Queue(keys.RETRAIN_QUEUE, connection=connection)
         self._stop = threading.Event()
         self._outage = ThrottledWarning(logger)
 
@@ -120,7 +120,7 @@ class RetrainScheduler:
 
     def enqueue(self, project: str, reason: str) -> Job | None:
         """Queue a retrain of ``project`` unless one is queued or running; returns the job."""
-        job_id = f"retrain-{project}"
+        job_id = keys.retrain_job_id(project)
         try:
             existing = Job.fetch(job_id, connection=self.connection)
         except NoSuchJobError:
@@ -171,7 +171,7 @@ class RetrainScheduler:
         """Keep a failed or killed run in rq's failed registry under an id of its own (the
         project's job id is reused by its next run), with why; returns the archived id."""
         record = Job.create(
-            job.func_name, kwargs=job.kwargs, connection=self.connection, origin=QUEUE_NAME,
+            job.func_name, kwargs=job.kwargs, connection=self.connection, origin=keys.RETRAIN_QUEUE,
             id=f"{job.id}-{kind}-{int(time.time() * 1000)}", description=job.description,
             failure_ttl=FAILURE_TTL, meta={**job.meta, "failure_kind": kind, "failure": reason},
         )  # fmt: skip
@@ -200,7 +200,8 @@ class RetrainScheduler:
             return False
         grace = 2 * heartbeat_seconds()
         running = (datetime.now(UTC) - job.started_at.replace(tzinfo=UTC)).total_seconds()
-        return running > grace and not self.connection.exists(alive_key(project))
+        # The job writes its heartbeat under the default prefix (it is not told the prefix).
+        return running > grace and not self.connection.exists(keys.retrain_alive(project))
 
     def run_interval_loop(self, period: float = 30.0) -> None:
         """Background thread body: :meth:`tick` every ``period`` seconds."""
@@ -216,7 +217,7 @@ class RetrainScheduler:
         self._stop.set()
 
     def _requested_key(self, project: str) -> str:
-        return f"{self.prefix}:project:{project}:retrain_requested"
+        return keys.retrain_requested(project, self.prefix)
 
     def _last_key(self, project: str) -> str:
-        return f"{self.prefix}:project:{project}:last_retrain"
+        return keys.last_retrain(project, self.prefix)

@@ -1,19 +1,9 @@
 """Corrections in Redis, the system of record for everything people fixed in Label Studio.
 
-Keys (``{prefix}`` defaults to ``clipsam``):
-
-``{prefix}:correction:{annotation_id}``
-    string: one :class:`~correction_loop.corrections.Correction` as canonical JSON.
-``{prefix}:project:{project}:corrections``
-    set of the annotation ids stored for a project (what the trainer reads).
-``{prefix}:projects``
-    set of every project id that ever had a correction.
-``{prefix}:project:{project}:pending``
-    integer: corrections upserted or deleted since the last retraining took them in
-    (drives "retrain after N corrections"; the trainer subtracts what it saw).
-``{prefix}:corrections:stream``
-    Stream with one entry per real change: ``action`` (``upserted``/``deleted``),
-    ``annotation_id``, ``project``; trimmed approximately to :data:`STREAM_MAXLEN`.
+Its keys (``{prefix}:correction:{id}``, per-project sets and pending counters, the change
+stream) are named in :mod:`correction_loop.keys`; ``{prefix}`` defaults to ``clipsam``. The
+stream is trimmed approximately to :data:`STREAM_MAXLEN`; the pending counter drives "retrain
+after N corrections" (the trainer subtracts what it saw).
 
 Each change is written in one MULTI/EXEC transaction guarded by WATCH on the correction's key,
 so a replayed or concurrently delivered webhook is stored once, streamed once and counted once.
@@ -29,6 +19,7 @@ from typing import Any, TypeVar
 import redis
 from redis.exceptions import WatchError
 
+from correction_loop import keys
 from correction_loop.corrections import Correction, correction_from_event
 
 logger = logging.getLogger(__name__)
@@ -41,27 +32,27 @@ T = TypeVar("T")
 class CorrectionStore:
     """Upserts, deletes and lists corrections; every write is atomic and idempotent."""
 
-    def __init__(self, redis: redis.Redis, prefix: str = "clipsam") -> None:
+    def __init__(self, redis: redis.Redis, prefix: str = keys.PREFIX) -> None:
         self.redis = redis
         self.prefix = prefix
 
     # -- keys ---------------------------------------------------------------------------------
     def correction_key(self, annotation_id: int) -> str:
-        return f"{self.prefix}:correction:{int(annotation_id)}"
+        return keys.correction(annotation_id, self.prefix)
 
     def project_key(self, project: str) -> str:
-        return f"{self.prefix}:project:{project}:corrections"
+        return keys.project_corrections(project, self.prefix)
 
     def pending_key(self, project: str) -> str:
-        return f"{self.prefix}:project:{project}:pending"
+        return keys.pending(project, self.prefix)
 
     @property
     def projects_key(self) -> str:
-        return f"{self.prefix}:projects"
+        return keys.projects(self.prefix)
 
     @property
     def stream_key(self) -> str:
-        return f"{self.prefix}:corrections:stream"
+        return keys.corrections_stream(self.prefix)
 
     # -- webhook events -----------------------------------------------------------------------
     def apply_event(self, event: dict[str, Any], **correction_kwargs: Any) -> str:

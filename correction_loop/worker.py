@@ -19,8 +19,8 @@ from rq.job import Job
 from rq.timeouts import TimerDeathPenalty
 
 from clipsam.logging_setup import configure_logging
+from correction_loop import keys
 from correction_loop.redis_conn import connect
-from correction_loop.scheduler import QUEUE_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def run_in_thread(
 ) -> tuple[ThreadWorker, threading.Thread]:
     # A short TTL keeps the blocking queue poll short, so stop() takes effect within seconds.
     worker = ThreadWorker(
-        [Queue(QUEUE_NAME, connection=connection)],
+        [Queue(keys.RETRAIN_QUEUE, connection=connection)],
         connection=connection,
         name=f"{name}-{os.getpid()}-{id(connection):x}",
         worker_ttl=16,  # rq polls the queue for ttl - 15 s
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging()
     connection = connect(args.redis_url, args.model_dir)
-    worker = SimpleWorker([Queue(QUEUE_NAME, connection=connection)], connection=connection)
+    worker = SimpleWorker([Queue(keys.RETRAIN_QUEUE, connection=connection)], connection=connection)
     import torch
 
     logger.info("worker on %s", "cuda" if torch.cuda.is_available() else "cpu")

@@ -14,7 +14,7 @@ from rq import Queue
 from backend.app import create_app
 from backend.model import ModelService
 from backend.settings import Settings
-from correction_loop.scheduler import QUEUE_NAME
+from correction_loop.keys import RETRAIN_QUEUE as QUEUE_NAME
 from correction_loop.store import CorrectionStore
 from tests.backend.conftest import serve
 from tests.helpers import LABEL_CONFIG, annotation_event, wait_for

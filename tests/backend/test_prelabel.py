@@ -21,8 +21,8 @@ from PIL import Image
 from rq import Queue
 
 from backend.prelabel import main
-from backend.prelabel_core import QUEUE_NAME
 from clipsam.data import make_synthetic_dataset, open_dataset
+from correction_loop.keys import PRELABEL_QUEUE as QUEUE_NAME
 from correction_loop.redis_conn import connect, release
 
 MODEL = ["--preset", "tiny", "--config", '{"use_sam": false}', "--quiet"]

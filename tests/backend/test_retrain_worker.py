@@ -18,9 +18,10 @@ from clipsam.data import load_mask, make_synthetic_dataset, read_mvtec
 from clipsam.heads import load_head
 from clipsam.images import load_image
 from correction_loop.corrections import correction_from_event
+from correction_loop.keys import RETRAIN_QUEUE as QUEUE_NAME
+from correction_loop.keys import retrain_alive as alive_key
 from correction_loop.registry import ModelRegistry
-from correction_loop.retrain import alive_key
-from correction_loop.scheduler import QUEUE_NAME, RetrainPolicy, RetrainScheduler, failure_of
+from correction_loop.scheduler import RetrainPolicy, RetrainScheduler, failure_of
 from correction_loop.store import CorrectionStore
 from tests.backend.conftest import file_server
 from tests.helpers import annotation_event, wait_for

@@ -9,8 +9,9 @@ from rq import Queue
 from rq.job import JobStatus
 
 from correction_loop.corrections import correction_from_event
-from correction_loop.retrain import alive_key
-from correction_loop.scheduler import QUEUE_NAME, RetrainPolicy, RetrainScheduler
+from correction_loop.keys import RETRAIN_QUEUE as QUEUE_NAME
+from correction_loop.keys import retrain_alive as alive_key
+from correction_loop.scheduler import RetrainPolicy, RetrainScheduler
 from correction_loop.store import CorrectionStore
 from tests.helpers import annotation_event
 
