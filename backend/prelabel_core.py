@@ -39,9 +39,6 @@ JOB_TIMEOUT = 3600  # seconds for one chunk on one worker
 RESULT_TTL = 24 * 3600
 NO_WORKER_HINT = 60.0  # seconds a chunk may wait, with no worker listening, before a hint
 
-#: Pipelines loaded in this process (a worker keeps its model warm between jobs).
-_PIPELINES: dict[str, Pipeline] = {}
-
 Records = list[dict[str, Any]]
 
 
@@ -185,15 +182,13 @@ def _image(item: dict[str, Any], fetcher: ImageFetcher, settings: FetchSettings)
 
 def predict_job(items: list[dict[str, Any]], options: dict[str, Any]) -> Records:
     """rq entry point (queue ``clipsam-prelabel``): predict one chunk with this worker's model."""
-    from clipsam import load_pipeline
+    from clipsam.pipeline_cache import shared_pipeline
 
-    key = json.dumps([options["preset"], options["overrides"]], sort_keys=True, default=str)
-    if key not in _PIPELINES:
-        _PIPELINES[key] = load_pipeline(options["preset"], **options["overrides"])
+    pipeline = shared_pipeline(options["preset"], options["overrides"])  # warm between jobs
     spec = parse_label_config(options["label_config"], options.get("defect_label"))
     settings = fetch_settings(options.get("fetch") or {})
     with ImageFetcher(settings, api_key_from_env()) as fetcher:
-        return predict_chunk(_PIPELINES[key], fetcher, settings, spec, items,
+        return predict_chunk(pipeline, fetcher, settings, spec, items,
                              options["verdict_threshold"], options["preset"])  # fmt: skip
 
 

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clipsam.pipeline_cache import share_pipeline
 from correction_loop.events import EventLog, EventPump
 from correction_loop.import_export import corrections_from_tasks
 from correction_loop.redis_conn import connect, release
 from correction_loop.registry import ModelRegistry
 from correction_loop.reloader import HeadReloader, ServedModel
-from correction_loop.retrain import share_pipeline
 from correction_loop.scheduler import RetrainPolicy, RetrainScheduler
 from correction_loop.store import CorrectionStore
 from correction_loop.worker import ThreadWorker, run_in_thread

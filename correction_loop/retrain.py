@@ -23,9 +23,10 @@ import numpy as np
 import redis
 from rq import get_current_job
 
-from clipsam import Pipeline, load_pipeline
+from clipsam import Pipeline
 from clipsam.heads import AnomalyHead, load_head
 from clipsam.images import load_image
+from clipsam.pipeline_cache import shared_pipeline
 from correction_loop import keys
 from correction_loop.corrections import Correction
 from correction_loop.redis_conn import connect
@@ -46,18 +47,6 @@ from training.trainer import (
 )
 
 logger = logging.getLogger(__name__)
-
-#: Pipelines built (or lent by the backend) in this process, by (preset, overrides).
-_PIPELINES: dict[str, Pipeline] = {}
-
-
-def pipeline_key(preset: str, overrides: dict[str, Any]) -> str:
-    return f"{preset}|{sorted(overrides.items())!r}"
-
-
-def share_pipeline(preset: str, overrides: dict[str, Any], pipeline: Pipeline) -> None:
-    """Let jobs in this process reuse an already loaded pipeline (frozen CLIP, warm caches)."""
-    _PIPELINES[pipeline_key(preset, overrides)] = pipeline
 
 
 def heartbeat_seconds() -> float:
@@ -171,7 +160,7 @@ def _retrain(
     seen = store.pending(project)
     corrections = [c for c in store.list_project(project) if not c.was_cancelled]
     logger.info("retraining project %s (%s): %d corrections", project, reason, len(corrections))
-    pipeline = _pipeline(preset, overrides)
+    pipeline = shared_pipeline(preset, overrides)  # built once per worker, or the backend's
     fetch = FetchSettings.from_job(settings) if settings is not None else FetchSettings.from_env()
     fetcher = ImageFetcher(fetch, api_key_from_env())  # the key: this worker's own
     cache = Path(model_dir) / "images"
@@ -250,13 +239,6 @@ def judge_head(
         **evaluate_head(pipeline, head, held_out)["mean"],
         **head_region_metrics(pipeline, head, held_out),
     }
-
-
-def _pipeline(preset: str, overrides: dict[str, Any]) -> Pipeline:
-    key = pipeline_key(preset, overrides)
-    if key not in _PIPELINES:
-        _PIPELINES[key] = load_pipeline(preset, **overrides)
-    return _PIPELINES[key]
 
 
 def _prepare(
