@@ -34,10 +34,10 @@ from backend.prelabel_core import (
     predict_chunk,
     project_items,
     run_on_workers,
-    run_worker,
     write_tasks_atomic,
 )
 from clipsam.logging_setup import configure_logging, log_level
+from correction_loop import keys
 from labelstudio.fetch import ImageFetcher
 from labelstudio.label_config import LabelConfigError, LabelSpec, parse_label_config
 from labelstudio.settings import FetchSettings, api_key_from_env
@@ -184,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _interrupt)  # docker stop: stop as cleanly as on Ctrl-C
     try:
         if args.worker:
-            return run_worker(args.redis_url, args.model_dir, burst=args.burst)
+            from correction_loop.worker import run_worker
+
+            return run_worker([keys.PRELABEL_QUEUE], args.redis_url, args.model_dir, args.burst)
         return run(args)
     except UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

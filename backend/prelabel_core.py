@@ -276,23 +276,6 @@ def _collect(job: Any, count_workers: Callable[[], int]) -> Records:
             hinted = True
 
 
-def run_worker(redis_url: str | None, model_dir: Path, burst: bool = False) -> int:
-    """An rq worker for ``clipsam-prelabel``, keeping its model loaded between chunks."""
-    from rq import Queue, SimpleWorker
-
-    from correction_loop.redis_conn import connect, release
-
-    connection = connect(redis_url, model_dir)
-    try:
-        worker = SimpleWorker(
-            [Queue(keys.PRELABEL_QUEUE, connection=connection)], connection=connection
-        )
-        worker.work(burst=burst, with_scheduler=False)
-    finally:
-        release(connection)
-    return 0
-
-
 # -- progress ------------------------------------------------------------------------------
 
 

@@ -1,8 +1,10 @@
-"""``python -m training.worker``: an rq worker for retraining jobs (CUDA when present).
+"""``python -m training.worker``: the one rq worker entry point, for every queue (CUDA when
+present): retraining jobs (``clipsam-retrain``) and pre-labelling chunks (``clipsam-prelabel``,
+which ``python -m backend.prelabel --worker`` starts through :func:`run_worker` too).
 
 Jobs run in the worker process itself (``SimpleWorker``: no fork after CUDA is initialised), so
-the pipeline a first job loads stays warm for the next. ``run_in_thread`` runs the same worker
-inside the backend for the one-command embedded setup.
+the pipeline a first job loads stays warm for the next. ``run_in_thread`` runs a retraining
+worker inside the backend for the one-command embedded setup.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import argparse
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 from redis import Redis
@@ -20,9 +23,12 @@ from rq.timeouts import TimerDeathPenalty
 
 from clipsam.logging_setup import configure_logging
 from correction_loop import keys
-from correction_loop.redis_conn import connect
+from correction_loop.redis_conn import connect, release
 
 logger = logging.getLogger(__name__)
+
+#: The queues a worker can work: retraining first (the default), then pre-labelling.
+QUEUES = (keys.RETRAIN_QUEUE, keys.PRELABEL_QUEUE)
 
 
 class ThreadWorker(SimpleWorker):
@@ -72,10 +78,35 @@ def run_in_thread(
     return worker, thread
 
 
+def run_worker(
+    queues: Sequence[str], redis_url: str | None, model_dir: Path, burst: bool = False
+) -> int:
+    """An rq worker on ``queues`` in this process until stopped (or, with ``burst``, until they
+    are empty); this process's Redis client is released at the end (an embedded server it
+    started stops, saving).
+
+    Jobs run in the worker process itself (``SimpleWorker``: no fork after CUDA is initialised),
+    so a model a job loads stays warm for the next (:mod:`clipsam.pipeline_cache`).
+    """
+    from clipsam.precision import resolve_device
+
+    connection = connect(redis_url, model_dir)
+    try:
+        worker = SimpleWorker(
+            [Queue(name, connection=connection) for name in queues], connection=connection
+        )
+        logger.info("worker on %s for %s", resolve_device("auto"), ", ".join(queues))
+        worker.work(burst=burst, with_scheduler=False)
+    finally:
+        release(connection)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m training.worker",
-        description="Run retraining jobs from the clipsam-retrain queue.",
+        description="Run jobs from rq queues: retraining (clipsam-retrain, the default) and "
+        "pre-labelling (clipsam-prelabel, also python -m backend.prelabel --worker).",
     )
     parser.add_argument(
         "--redis-url",
@@ -85,15 +116,16 @@ def main(argv: list[str] | None = None) -> int:
     default_dir = Path(os.environ.get("MODEL_DIR", "model_dir"))
     parser.add_argument("--model-dir", type=Path, default=default_dir)
     parser.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    parser.add_argument(
+        "--queue",
+        action="append",
+        choices=QUEUES,
+        metavar="NAME",
+        help=f"a queue to work (repeatable; {' or '.join(QUEUES)}; default: {QUEUES[0]})",
+    )
     args = parser.parse_args(argv)
     configure_logging()
-    connection = connect(args.redis_url, args.model_dir)
-    worker = SimpleWorker([Queue(keys.RETRAIN_QUEUE, connection=connection)], connection=connection)
-    import torch
-
-    logger.info("worker on %s", "cuda" if torch.cuda.is_available() else "cpu")
-    worker.work(burst=args.burst, with_scheduler=False)
-    return 0
+    return run_worker(args.queue or [QUEUES[0]], args.redis_url, args.model_dir, args.burst)
 
 
 if __name__ == "__main__":
