@@ -13,7 +13,7 @@ import dataclasses
 import errno
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -95,7 +95,7 @@ def create_app(settings: Settings | None = None, model: ModelService | None = No
     loop = CorrectionLoop(loop_settings(settings), model, events) if settings.corrections else None
     if loop is not None:
         loop.reloader.registry_version = serving.version if serving is not None else None
-    project_configs: dict[str, str] = {}
+    project_configs: dict[str | None, str] = {}  # by project id (None: a project without one)
 
     gate = PredictGate(settings.predict_concurrency or settings.threads, settings.predict_queue)
     rate = RateLimiter(settings.predict_rate, settings.predict_burst)
@@ -108,7 +108,7 @@ def create_app(settings: Settings | None = None, model: ModelService | None = No
         return await anyio.to_thread.run_sync(func, *args, limiter=control[0])
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         anyio.to_thread.current_default_thread_limiter().total_tokens = max(2, settings.threads)
         model.start()
         if loop is not None:
