@@ -31,8 +31,9 @@ from backend.predictor import TaskPredictor
 from backend.settings import Settings
 from clipsam.log_throttle import ThrottledWarning
 from correction_loop.events import EventLog
+from correction_loop.head_files import HeadVersion
 from correction_loop.loop import CorrectionLoop, LoopSettings
-from correction_loop.registry import HeadVersion, ModelRegistry
+from correction_loop.registry import ModelRegistry
 from labelstudio.fetch import ImageFetcher
 from labelstudio.label_config import LabelConfigError, LabelSpec, parse_label_config
 from labelstudio.predictions import model_version

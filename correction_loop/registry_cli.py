@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from correction_loop.registry import HeadVersion, ModelRegistry, RegistryError, UnknownVersionError
+from correction_loop.head_files import HeadVersion, RegistryError, UnknownVersionError
+from correction_loop.registry import ModelRegistry
 
 if TYPE_CHECKING:
     import redis
@@ -117,9 +118,9 @@ def _versions(registry: ModelRegistry, as_json: bool) -> int:
         print(json.dumps({"serving": current, "versions": rows}, indent=2))
         return 0
     header = ["", "version", "status", "created", *KEY_METRICS, "parent", "reason"]
-    rows = [header] + [_row(h, h.version == current) for h in heads]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
-    for r in rows:
+    table = [header] + [_row(h, h.version == current) for h in heads]
+    widths = [max(len(r[i]) for r in table) for i in range(len(header) - 1)]
+    for r in table:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1])
     print(f"serving: {current or 'the training-free head'}")
     if serving is not None:

@@ -21,7 +21,8 @@ import redis
 from clipsam import Pipeline
 from clipsam.heads import load_head
 from clipsam.log_throttle import ThrottledWarning
-from correction_loop.registry import HEAD_FILE, SERVING_FILE, ModelRegistry, UnknownVersionError
+from correction_loop.head_files import HEAD_FILE, SERVING_FILE, UnknownVersionError
+from correction_loop.registry import ModelRegistry
 from training.head_check import check_head, pipeline_shapes
 
 logger = logging.getLogger(__name__)

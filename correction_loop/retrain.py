@@ -29,8 +29,9 @@ from clipsam.images import load_image
 from clipsam.pipeline_cache import shared_pipeline
 from correction_loop import keys
 from correction_loop.corrections import Correction
+from correction_loop.head_files import RegistryError
 from correction_loop.redis_conn import connect
-from correction_loop.registry import ModelRegistry, RegistryError
+from correction_loop.registry import ModelRegistry
 from correction_loop.store import CorrectionStore
 from labelstudio.fetch import ImageFetcher
 from labelstudio.settings import FetchSettings, api_key_from_env

@@ -14,7 +14,8 @@ import clipsam
 from backend.app import create_app
 from backend.model import ModelService
 from backend.settings import Settings
-from correction_loop.registry import ModelRegistry, RegistryError
+from correction_loop.head_files import RegistryError
+from correction_loop.registry import ModelRegistry
 from tests.backend.conftest import serve
 from tests.helpers import LABEL_CONFIG, count_backbone_calls, wait_for
 from tests.redis_process import RedisProcess

@@ -19,15 +19,15 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from clipsam.heads import load_head, read_head_metadata
-from correction_loop.redis_conn import embedded_path
-from correction_loop.registry import (
+from correction_loop.head_files import (
     HEAD_FILE,
     META_FILE,
     SERVING_FILE,
-    ModelRegistry,
     RegistryError,
     UnknownVersionError,
 )
+from correction_loop.redis_conn import embedded_path
+from correction_loop.registry import ModelRegistry
 from correction_loop.registry_cli import main
 
 METRICS = {"pixel_auroc": 0.91, "aupro": 0.8, "image_auroc": 0.95}

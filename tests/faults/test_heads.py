@@ -14,7 +14,8 @@ import torch
 import clipsam
 from backend.app import create_app
 from backend.settings import Settings
-from correction_loop.registry import ModelRegistry, RegistryError
+from correction_loop.head_files import RegistryError
+from correction_loop.registry import ModelRegistry
 from correction_loop.registry_cli import main as training_cli
 from correction_loop.store import CorrectionStore
 from tests.backend.conftest import serve
