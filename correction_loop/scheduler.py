@@ -11,7 +11,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import redis
 from rq import Queue
@@ -171,7 +171,8 @@ class RetrainScheduler:
         """Keep a failed or killed run in rq's failed registry under an id of its own (the
         project's job id is reused by its next run), with why; returns the archived id."""
         record = Job.create(
-            job.func_name, kwargs=job.kwargs, connection=self.connection, origin=keys.RETRAIN_QUEUE,
+            cast(str, job.func_name), kwargs=job.kwargs, connection=self.connection,
+            origin=keys.RETRAIN_QUEUE,
             id=f"{job.id}-{kind}-{int(time.time() * 1000)}", description=job.description,
             failure_ttl=FAILURE_TTL, meta={**job.meta, "failure_kind": kind, "failure": reason},
         )  # fmt: skip

@@ -65,8 +65,8 @@ class CorrectionStore:
             raise ValueError(f"event must be a JSON object, got {type(event).__name__}")
         action = event.get("action")
         if action in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
-            changed = self.upsert(correction_from_event(event, **correction_kwargs))
-            return "upserted" if changed else "unchanged"
+            upserted = self.upsert(correction_from_event(event, **correction_kwargs))
+            return "upserted" if upserted else "unchanged"
         if action == "ANNOTATIONS_CREATED":
             corrections = [
                 correction_from_event(e, **correction_kwargs) for e in _split_bulk(event)
@@ -187,7 +187,7 @@ class CorrectionStore:
 
     def stream(self, since: str = "0-0", count: int = 100) -> list[tuple[str, dict[str, str]]]:
         """Up to ``count`` change entries after stream id ``since`` (exclusive), oldest first."""
-        reply = self.redis.xread({self.stream_key: since}, count=count)
+        reply: Any = self.redis.xread({self.stream_key: since}, count=count)  # [(key, entries)]
         entries: list[tuple[str, dict[str, str]]] = []
         for _stream, items in reply or []:
             for entry_id, values in items:

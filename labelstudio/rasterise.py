@@ -33,7 +33,8 @@ def rasterise(items: list[Any], image_name: str | None) -> tuple[np.ndarray | No
         if image_name is not None and item.get("to_name", image_name) != image_name:
             continue
         kind = str(item.get("type", "")).lower()
-        value = item.get("value") if isinstance(item.get("value"), dict) else {}
+        raw = item.get("value")
+        value: dict[str, Any] = raw if isinstance(raw, dict) else {}
         for label in value.get(kind) or []:
             if isinstance(label, str) and label not in labels:
                 labels.append(label)

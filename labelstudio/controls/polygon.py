@@ -19,7 +19,7 @@ TOLERANCE = 1.0
 
 def polygon_items(prediction: Prediction, control: ControlSpec, _threshold: float) -> list[dict]:
     height, width = prediction.anomaly_map.shape
-    items = []
+    items: list[dict] = []
     for region in prediction.regions:
         for contour in _outer_contours(region.mask):
             points = [[100.0 * x / width, 100.0 * y / height] for y, x in contour]
