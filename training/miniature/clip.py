@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from clipsam.clip_backbone import ClipBackbone, build_clip
 from clipsam.config import resolve_config
+from clipsam.logging_setup import configure_logging
 from clipsam.prompts import ABNORMAL_STATES, NORMAL_STATES, TEMPLATES, category_phrase
 from clipsam.weights import MICRO_CLIP_WEIGHTS, WeightSource
 from training.miniature.pool import ImagePool, render_pool
@@ -306,9 +307,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=MicroClipConfig.seed)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging()
     config = MicroClipConfig(steps=args.steps, max_minutes=args.minutes, seed=args.seed)
     scores = train(config, args.out, progress=not args.no_progress)
     print(json.dumps(scores, indent=2))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -75,12 +76,12 @@ def train(
     kind: str = "umci",
     epochs: int = 6,
     seed: int = 0,
-    **head_options: object,
+    **head_options: Any,
 ) -> AnomalyHead:
     """A head of ``kind`` trained on ``samples`` (no held-out slice: it is judged elsewhere)."""
     config = dataclasses.replace(
         pipeline.config,
-        head=dataclasses.replace(pipeline.config.head, head=kind, **head_options),
+        head=dataclasses.replace(pipeline.config.head, **{"head": kind, **head_options}),
     )
     init = fresh_head(config, pipeline.clip, seed)
     result = train_head(

@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import clipsam
+from clipsam.atomic import atomic_write_text
 from clipsam.calibration import ZERO_SHOT_THRESHOLDS_FILE, Thresholds
 from clipsam.data.world import TRAIN_CATEGORIES
-from clipsam.weights import MICRO_CLIP_WEIGHTS
+from clipsam.logging_setup import configure_logging
+from clipsam.weights import MICRO_CLIP_WEIGHTS, WeightPaths
 from training.miniature import protocol
 from training.trainer import calibrate_head
 
@@ -37,7 +39,9 @@ SEED = 20
 
 def calibrate(per_category: int = PER_CATEGORY, seed: int = SEED) -> tuple[str, Thresholds]:
     """(backbone id, thresholds) of the tiny preset's training-free head on the world."""
-    pipeline = clipsam.load_pipeline("tiny", weights="pretrained", use_sam=False)
+    pipeline = clipsam.load_pipeline(
+        "tiny", weights="pretrained", use_sam=False, weight_paths=WeightPaths.from_env()
+    )
     head = pipeline.new_head(kind="none")
     head.thresholds = None  # chosen anew, never from an older table
     images = protocol.world_images(TRAIN_CATEGORIES, per_category, DEFECT_RATE, seed)
@@ -60,9 +64,7 @@ def write(backbone_id: str, thresholds: Thresholds, weights: Path, table: Path) 
         entries = json.loads(table.read_text(encoding="utf-8"))
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()
     entries[backbone_id] = {**thresholds.to_dict(), "weights": weights.name, "sha256": digest}
-    tmp = table.with_suffix(".tmp")
-    tmp.write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(table)
+    atomic_write_text(table, json.dumps(entries, indent=2, sort_keys=True) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--out", type=Path, default=ZERO_SHOT_THRESHOLDS_FILE)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging()
     backbone_id, thresholds = calibrate(args.per_category, args.seed)
     write(backbone_id, thresholds, MICRO_CLIP_WEIGHTS, args.out)
     print(json.dumps({backbone_id: thresholds.to_dict()}, indent=2))
