@@ -16,6 +16,7 @@ from types import TracebackType
 
 import httpx
 import numpy as np
+import numpy.typing as npt
 
 from clipsam.images import ImageError, load_image
 from labelstudio.auth import LabelStudioAuth
@@ -53,7 +54,7 @@ class ImageFetcher:
         refresh_url = f"{base}/api/token/refresh/" if base else None
         self._auth = LabelStudioAuth(api_key, refresh_url, self._http.http, settings.fetch_timeout)
 
-    def fetch(self, reference: str, task_id: int | None = None) -> np.ndarray:
+    def fetch(self, reference: str, task_id: int | None = None) -> npt.NDArray[np.uint8]:
         """Return the referenced image as ``H×W×3 uint8`` RGB, EXIF orientation applied."""
         data = self.fetch_bytes(reference, task_id)
         try:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from clipsam.images import ImageError
 from labelstudio.controls import to_results
@@ -50,9 +51,9 @@ class ImageTask:
     """
 
     category: str | None
-    load: Callable[[], np.ndarray] | None = None
+    load: Callable[[], npt.NDArray[np.uint8]] | None = None
     error: str = ""
-    image: np.ndarray | None = None
+    image: npt.NDArray[np.uint8] | None = None
 
 
 #: One task's outcome: the pipeline's prediction and Label Studio's, or None (see ``error``).

@@ -12,9 +12,13 @@ import math
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from PIL import Image, ImageDraw
 
 logger = logging.getLogger(__name__)
+
+#: A binary mask, (height, width).
+Mask = npt.NDArray[np.bool_]
 
 #: Result types that draw pixels on the image; ``brush`` etc. come from label-less tools.
 REGION_TYPES = frozenset(
@@ -22,7 +26,7 @@ REGION_TYPES = frozenset(
 )
 
 
-def rasterise(items: list[Any], image_name: str | None) -> tuple[np.ndarray | None, list[str]]:
+def rasterise(items: list[Any], image_name: str | None) -> tuple[Mask | None, list[str]]:
     """Union mask of the region items on ``image_name`` (all images when None), and labels."""
     labels: list[str] = []
     size: tuple[int, int] | None = None
@@ -65,7 +69,7 @@ def rasterise(items: list[Any], image_name: str | None) -> tuple[np.ndarray | No
     return mask, labels
 
 
-def _brush(value: dict[str, Any], size: tuple[int, int]) -> np.ndarray:
+def _brush(value: dict[str, Any], size: tuple[int, int]) -> Mask:
     from label_studio_sdk.converter.brush import decode_rle as decode_brush
 
     rle = value.get("rle")
@@ -78,10 +82,11 @@ def _brush(value: dict[str, Any], size: tuple[int, int]) -> np.ndarray:
     height, width = size
     if flat.size != height * width * 4:
         raise ValueError(f"brush RLE holds {flat.size} values, expected {height}×{width}×4")
-    return flat.reshape(height, width, 4)[:, :, 3] > 0
+    alpha: Mask = np.asarray(flat).reshape(height, width, 4)[:, :, 3] > 0
+    return alpha
 
 
-def _polygon(value: dict[str, Any], size: tuple[int, int]) -> np.ndarray:
+def _polygon(value: dict[str, Any], size: tuple[int, int]) -> Mask:
     height, width = size
     points = value.get("points")
     if not isinstance(points, list):
@@ -99,7 +104,7 @@ def _polygon(value: dict[str, Any], size: tuple[int, int]) -> np.ndarray:
     return np.array(canvas, dtype=bool)
 
 
-def _rectangle(value: dict[str, Any], size: tuple[int, int]) -> np.ndarray:
+def _rectangle(value: dict[str, Any], size: tuple[int, int]) -> Mask:
     height, width = size
     try:
         x, y = float(value["x"]), float(value["y"])

@@ -7,7 +7,7 @@ the pixel size after EXIF transpose, which is what the pipeline saw.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from labelstudio.controls.brush import brush_items
 from labelstudio.controls.choices import choice_items
@@ -18,7 +18,7 @@ from labelstudio.label_config import ControlSpec, LabelSpec
 if TYPE_CHECKING:  # annotations only: converting needs no torch
     from clipsam import Prediction
 
-Converter = Callable[["Prediction", ControlSpec, float], list[dict]]
+Converter = Callable[["Prediction", ControlSpec, float], list[dict[str, Any]]]
 
 CONVERTERS: dict[str, Converter] = {
     "BrushLabels": brush_items,
@@ -28,9 +28,11 @@ CONVERTERS: dict[str, Converter] = {
 }
 
 
-def to_results(prediction: Prediction, spec: LabelSpec, verdict_threshold: float) -> list[dict]:
+def to_results(
+    prediction: Prediction, spec: LabelSpec, verdict_threshold: float
+) -> list[dict[str, Any]]:
     """Every control's items for one image, in config order."""
-    items: list[dict] = []
+    items: list[dict[str, Any]] = []
     for control in spec.controls:
         items += CONVERTERS[control.kind](prediction, control, verdict_threshold)
     return items

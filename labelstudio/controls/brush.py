@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from label_studio_sdk.converter.brush import mask2rle
@@ -14,7 +14,9 @@ if TYPE_CHECKING:  # annotations only: converting needs no torch
     from clipsam import Prediction
 
 
-def brush_items(prediction: Prediction, control: ControlSpec, _threshold: float) -> list[dict]:
+def brush_items(
+    prediction: Prediction, control: ControlSpec, _threshold: float
+) -> list[dict[str, Any]]:
     items = []
     for index, region in enumerate(prediction.regions):
         rle = mask2rle(region.mask.astype(np.uint8) * 255)

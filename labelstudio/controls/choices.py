@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from labelstudio.label_config import ControlSpec
 
@@ -10,7 +10,9 @@ if TYPE_CHECKING:  # annotations only: converting needs no torch
     from clipsam import Prediction
 
 
-def choice_items(prediction: Prediction, control: ControlSpec, threshold: float) -> list[dict]:
+def choice_items(
+    prediction: Prediction, control: ControlSpec, threshold: float
+) -> list[dict[str, Any]]:
     choice = control.defective if prediction.score >= threshold else control.good
     if not choice:
         return []

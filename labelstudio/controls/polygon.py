@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 from skimage import measure
 
 from labelstudio.controls.common import region_item
@@ -17,9 +18,11 @@ if TYPE_CHECKING:  # annotations only: converting needs no torch
 TOLERANCE = 1.0
 
 
-def polygon_items(prediction: Prediction, control: ControlSpec, _threshold: float) -> list[dict]:
+def polygon_items(
+    prediction: Prediction, control: ControlSpec, _threshold: float
+) -> list[dict[str, Any]]:
     height, width = prediction.anomaly_map.shape
-    items: list[dict] = []
+    items: list[dict[str, Any]] = []
     for region in prediction.regions:
         for contour in _outer_contours(region.mask):
             points = [[100.0 * x / width, 100.0 * y / height] for y, x in contour]
@@ -31,7 +34,7 @@ def polygon_items(prediction: Prediction, control: ControlSpec, _threshold: floa
     return items
 
 
-def _outer_contours(mask: np.ndarray) -> list[np.ndarray]:
+def _outer_contours(mask: npt.NDArray[np.bool_]) -> list[npt.NDArray[np.float64]]:
     """Outer contours of each blob (holes skipped), as (row, col) vertices on pixel edges."""
     padded = np.pad(mask, 1).astype(np.float32)
     contours = []
@@ -44,6 +47,6 @@ def _outer_contours(mask: np.ndarray) -> list[np.ndarray]:
     return contours
 
 
-def _signed_area(contour: np.ndarray) -> float:
+def _signed_area(contour: npt.NDArray[np.float64]) -> float:
     y, x = contour[:, 0], contour[:, 1]
     return 0.5 * float(np.sum(x[:-1] * y[1:] - x[1:] * y[:-1]))

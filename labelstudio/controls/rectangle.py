@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from labelstudio.controls.common import region_item
 from labelstudio.label_config import ControlSpec
@@ -11,7 +11,9 @@ if TYPE_CHECKING:  # annotations only: converting needs no torch
     from clipsam import Prediction
 
 
-def rectangle_items(prediction: Prediction, control: ControlSpec, _threshold: float) -> list[dict]:
+def rectangle_items(
+    prediction: Prediction, control: ControlSpec, _threshold: float
+) -> list[dict[str, Any]]:
     height, width = prediction.anomaly_map.shape
     items = []
     for index, region in enumerate(prediction.regions):
