@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from clipsam.atomic import atomic_path, fsync_path
 from clipsam.images import load_image
 from correction_loop import keys
 from labelstudio.fetch import ImageFetcher
@@ -299,8 +300,8 @@ class ProgressLog:
             path.parent.mkdir(parents=True, exist_ok=True)
             header = {"format": PROGRESS_FORMAT, "run": fingerprint}
             path.write_text(json.dumps(header, sort_keys=True) + "\n", encoding="utf-8")
-            _fsync(path)
-            _fsync(path.parent)
+            fsync_path(path, strict=False)
+            fsync_path(path.parent, strict=False)
         self._file = path.open("a", encoding="utf-8")
 
     def _resume(self) -> None:
@@ -349,25 +350,9 @@ def write_tasks_atomic(path: Path, tasks: list[dict[str, Any]]) -> None:
     """A JSON list, one task per line, written to a temp file, fsynced, renamed over ``path``:
     a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with temp.open("w", encoding="utf-8") as handle:
-            handle.write("[\n" + ",\n".join(json.dumps(t, separators=(",", ":")) for t in tasks))
-            handle.write("\n]\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-    _fsync(path.parent)
-
-
-def _fsync(path: Path) -> None:
-    """Make a file's contents, or a folder's entries, durable."""
-    flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0)
-    with contextlib.suppress(OSError):
-        descriptor = os.open(path, flags)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
+    with atomic_path(path, durable=False) as temp, temp.open("w", encoding="utf-8") as handle:
+        handle.write("[\n" + ",\n".join(json.dumps(t, separators=(",", ":")) for t in tasks))
+        handle.write("\n]\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    fsync_path(path.parent, strict=False)  # best effort: some filesystems refuse folders

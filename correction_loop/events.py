@@ -24,6 +24,7 @@ from typing import Any
 
 import redis
 
+from clipsam.atomic import atomic_write_text
 from clipsam.log_throttle import ThrottledWarning
 
 logger = logging.getLogger(__name__)
@@ -300,9 +301,7 @@ class EventPump:
             return 0
 
     def _write_offset(self, offset: int) -> None:
-        tmp = self.offset_path.with_suffix(".offset.tmp")
-        tmp.write_text(str(offset))
-        os.replace(tmp, self.offset_path)
+        atomic_write_text(self.offset_path, str(offset), durable=False)
 
     def _reject(self, raw: bytes, exc: Exception) -> None:
         with self.rejected_path.open("a", encoding="utf-8") as f:

@@ -19,6 +19,7 @@ from typing import Protocol
 import redis
 
 from clipsam import Pipeline
+from clipsam.atomic import atomic_write_bytes
 from clipsam.heads import load_head
 from clipsam.log_throttle import ThrottledWarning
 from correction_loop.head_files import HEAD_FILE, SERVING_FILE, UnknownVersionError
@@ -170,9 +171,7 @@ class HeadReloader:
             return local  # load_head then names the missing file
         cache = self.registry.model_dir / "remote_heads" / version / HEAD_FILE
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
-        tmp.write_bytes(blob)
-        tmp.replace(cache)
+        atomic_write_bytes(cache, blob, durable=False)  # a cache: Redis still has it
         return cache
 
 

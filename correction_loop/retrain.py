@@ -24,6 +24,7 @@ import redis
 from rq import get_current_job
 
 from clipsam import Pipeline
+from clipsam.atomic import atomic_write_bytes
 from clipsam.heads import AnomalyHead, load_head
 from clipsam.images import load_image
 from clipsam.pipeline_cache import shared_pipeline
@@ -267,7 +268,5 @@ def _cached_fetch(reference: str, task_id: int, fetcher: ImageFetcher, cache: Pa
         return path.read_bytes()
     data = fetcher.fetch_bytes(reference, task_id=task_id)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    atomic_write_bytes(path, data, durable=False)  # a cache: lost, it is fetched again
     return data
