@@ -47,16 +47,8 @@ class SamArch:
     iou_head_hidden_dim: int = 256
 
 
-#: segment-anything's three released sizes, and a tiny one for tests (same modules, random).
-SAM_ARCHS: dict[str, SamArch] = {
-    "vit_h": SamArch(1280, 32, 16, (7, 15, 23, 31)),
-    "vit_l": SamArch(1024, 24, 16, (5, 11, 17, 23)),
-    "vit_b": SamArch(768, 12, 12, (2, 5, 8, 11)),
-    "tiny": SamArch(64, 2, 2, (1,), img_size=256),
-}
-
 #: micro-SAM: the same modules at a size that trains on CPU in minutes
-#: (``training/miniature/sam.py``). Not yet the "tiny" preset: see docs/miniature.md.
+#: (``training/miniature/sam.py``); the ``tiny`` preset's SAM (shipped weights, or seeded).
 MICRO_SAM_ARCH = SamArch(
     112,
     4,
@@ -69,6 +61,14 @@ MICRO_SAM_ARCH = SamArch(
     decoder_heads=4,
     iou_head_hidden_dim=128,
 )
+
+#: segment-anything's three released sizes, and micro-SAM (the ``tiny`` preset's).
+SAM_ARCHS: dict[str, SamArch] = {
+    "vit_h": SamArch(1280, 32, 16, (7, 15, 23, 31)),
+    "vit_l": SamArch(1024, 24, 16, (5, 11, 17, 23)),
+    "vit_b": SamArch(768, 12, 12, (2, 5, 8, 11)),
+    "tiny": MICRO_SAM_ARCH,
+}
 
 #: micro-SAM's shipped weights (float16 safetensors, loaded into the float32 model).
 MICRO_SAM_WEIGHTS = Path(__file__).resolve().parent / "model_weights" / "micro_sam.safetensors"

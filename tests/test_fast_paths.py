@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from clipsam.precision import autocast_dtype, cpu_has_bf16
-from clipsam.sam_backbone import MICRO_SAM_ARCH, SAM_ARCHS, SamArch, build_sam_model
+from clipsam.sam_backbone import SAM_ARCHS, SamArch, build_sam_model
 from clipsam.sam_fast import (
     disable_fast_attention,
     disable_fast_decoder,
@@ -21,8 +21,12 @@ from clipsam.sam_fast import (
 
 @pytest.mark.parametrize(
     "arch",
-    [SAM_ARCHS["tiny"], SamArch(96, 3, 4, (2,), img_size=320), MICRO_SAM_ARCH],
-    ids=["tiny", "3-blocks-320px", "micro-sam"],  # windowed + global blocks
+    [
+        SamArch(64, 2, 2, (1,), img_size=256),
+        SamArch(96, 3, 4, (2,), img_size=320),
+        SAM_ARCHS["tiny"],
+    ],
+    ids=["2-blocks-256px", "3-blocks-320px", "micro-sam"],  # windowed + global blocks
 )
 def test_sam_encoder_with_sdpa_matches_stock(arch):
     torch.manual_seed(0)
@@ -66,7 +70,10 @@ def test_bf16_backbones_stay_close_to_fp32(make_tiny):
     fp32, bf16 = make_tiny(), make_tiny(precision="bf16")
     assert fp32.info()["precision"] == "float32" and bf16.info()["precision"] == "bfloat16"
     assert fp32.sam.decoder_dtype == torch.float32 and bf16.sam.decoder_dtype == torch.bfloat16
-    a, b = fp32.predict([image], "widget")[0], bf16.predict([image], "widget")[0]
+    # The coarse maps (CLIP in each precision); SAM's side is its embedding, below: a random
+    # micro-SAM's mask may flip at a pixel's edge, which moves the fused map by a whole level.
+    coarse = [make_tiny(precision=p, use_sam=False) for p in ("fp32", "bf16")]
+    a, b = (pipeline.predict([image], "widget")[0] for pipeline in coarse)
     assert np.abs(a.anomaly_map - b.anomaly_map).max() < 0.05
     embeddings = [p.sam.embed([image]) for p in (fp32, bf16)]
     assert embeddings[1].dtype == torch.float32  # cached features are always float

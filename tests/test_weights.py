@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 import clipsam
 from clipsam import weights
@@ -105,7 +105,18 @@ def test_tiny_pretrained_clip_is_the_shipped_micro_clip():
     )
 
 
-def test_micro_sam_is_not_shipped_yet_and_says_how_to_train_it():
+def test_the_tiny_preset_loads_the_shipped_micro_sam_through_the_builder():
+    loaded = clipsam.load_pipeline("tiny", weights="pretrained")
+    assert loaded.info()["sam_backbone"] == "sam-tiny/micro_sam"
+    state = load_file(str(weights.MICRO_SAM_WEIGHTS))
+    encoder = loaded.sam.sam.image_encoder
+    assert torch.equal(
+        encoder.patch_embed.proj.weight, state["image_encoder.patch_embed.proj.weight"].float()
+    )
+
+
+def test_missing_micro_sam_says_how_to_train_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(weights, "MICRO_SAM_WEIGHTS", tmp_path / "gone.safetensors")
     with pytest.raises(weights.WeightsNotFoundError, match=r"training\.miniature\.sam"):
         clipsam.load_pipeline("tiny", weights="pretrained")
 

@@ -15,7 +15,7 @@ from training.miniature import protocol
 
 @pytest.fixture(scope="session")
 def micro():
-    """The shipped micro-CLIP with its training-free head (micro-SAM is not shipped yet)."""
+    """The shipped micro-CLIP with its training-free head, SAM off (the coarse map)."""
     return clipsam.load_pipeline("tiny", weights="pretrained", use_sam=False)
 
 

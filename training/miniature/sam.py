@@ -5,8 +5,12 @@ SAM does: a prompt (a point, a box, or both) gives the mask it points at. This t
 way SAM was trained (image encoder, prompt encoder and mask decoder all trainable):
 
 * data: a pool of synthetic images of the *training* categories only, rendered once and then
-  augmented (flips, 90° rotations); the targets are each connected defect component and the
-  whole part (the product);
+  augmented (flips, 90° rotations); the targets are each connected defect component, the
+  whole part (the product) and objects pasted on the fly (ellipses, polygons, strokes);
+* a curriculum (:class:`Curriculum`): from scratch, the decoder first settles on one answer
+  for every prompt and small targets never pull it out, so training starts on large pasted
+  objects alone until the prompt is followed, then the world's targets join and the objects
+  shrink;
 * prompts, one per target and step: one positive point (uniform over the mask, sometimes its
   most interior point), a box (the mask's bounding box, jittered by a few percent), or both;
 * loss: focal (×20) + dice (×1) on the low-res logits upsampled to the mask, plus the MSE
@@ -46,6 +50,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from clipsam.data import world
+from clipsam.logging_setup import configure_logging
 from clipsam.sam_backbone import (
     MICRO_SAM_ARCH,
     MICRO_SAM_WEIGHTS,
@@ -211,21 +216,26 @@ def augment(image: np.ndarray, masks: np.ndarray, k: int, flip: bool) -> tuple[A
 
 
 def paste_shapes(
-    image: np.ndarray, masks: np.ndarray, rng: np.random.Generator, count: int
+    image: np.ndarray,
+    masks: np.ndarray,
+    rng: np.random.Generator,
+    count: int,
+    sizes: tuple[float, float] = (5.0, 60.0),
+    styles: int = 3,
 ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-    """Paint ``count`` random objects (ellipses, polygons, strokes; 5-60 px, any contrast) over
-    ``image``; occlude ``masks`` (T, H, W) by them. Returns the image, the masks and the
-    objects' masks. Many small, clearly localised targets per encoder pass teach the decoder
-    "the thing at the prompt" far sooner than the world's few defects alone."""
+    """Paint ``count`` random objects (ellipses, polygons, strokes; ``sizes`` px, any contrast)
+    over ``image``; occlude ``masks`` (T, H, W) by them. Returns the image, the masks and the
+    objects' masks. Many clearly localised targets per encoder pass teach the decoder "the thing
+    at the prompt" far sooner than the world's few defects alone."""
     height, width = image.shape[:2]
     out = image.astype(np.float32)
     shapes: list[np.ndarray] = []
     for _ in range(count):
         canvas = Image.new("L", (width, height), 0)
         draw = ImageDraw.Draw(canvas)
-        size = float(np.exp(rng.uniform(np.log(5), np.log(60))))
+        size = float(np.exp(rng.uniform(np.log(sizes[0]), np.log(sizes[1]))))
         cx, cy = rng.uniform(size / 2, width - size / 2), rng.uniform(size / 2, height - size / 2)
-        style = int(rng.integers(3))
+        style = int(rng.integers(styles))  # 1: ellipses only
         if style == 0:
             rx, ry = size / 2 * rng.uniform(0.3, 1.0, 2)
             draw.ellipse((cx - rx, cy - ry, cx + rx, cy + ry), fill=255)
@@ -258,14 +268,67 @@ def paste_shapes(
     return np.clip(out, 0, 255).astype(np.uint8), masks, shapes
 
 
+@dataclass(frozen=True)
+class Stage:
+    """What a batch holds at one point of the curriculum."""
+
+    sizes: tuple[float, float]  # pasted objects' size range (px)
+    world: bool  # the world's defects and parts are targets too
+    p_flat: float  # chance that an image's background is one flat colour
+    styles: int = 3  # pasted objects: 1 = ellipses only, 3 = ellipses, polygons and strokes
+    kinds: tuple[str, ...] = ("point", "box", "point_box")  # prompt kinds drawn
+
+
+class Curriculum:
+    """From scratch, SAM's decoder first settles on one answer for every prompt (the part, or
+    nothing); small targets never pull it out of that, large ones do within a few hundred
+    steps, provided no single answer fits them all.
+
+    So training starts on pasted objects alone (``cfg.max_shapes`` large ellipses per image on
+    flat backgrounds, box prompts) until the decoder follows the prompt (running IoU on them reaches
+    ``cfg.prompt_iou``, or ``cfg.objects_until`` of training has passed). Then the world's
+    targets join and the objects shrink log-linearly to ``cfg.small_sizes`` over the next
+    ``cfg.shrink`` of training.
+    """
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.switched_at: float | None = None
+        self.recent: list[float] = []
+
+    def observe(self, shape_ious: Sequence[float], done: float) -> None:
+        if self.switched_at is not None:
+            return
+        self.recent = [*self.recent, *shape_ious][-100:]
+        ready = len(self.recent) >= 100 and float(np.mean(self.recent)) >= self.cfg.prompt_iou
+        if ready or done >= self.cfg.objects_until:
+            self.switched_at = done
+
+    def stage(self, done: float) -> Stage:
+        cfg = self.cfg
+        if self.switched_at is None:
+            return Stage(cfg.big_sizes, False, 1.0, styles=1, kinds=("box", "point_box"))
+        t = min(1.0, (done - self.switched_at) / cfg.shrink) if cfg.shrink > 0 else 1.0
+        low = math.exp((1 - t) * math.log(cfg.big_sizes[0]) + t * math.log(cfg.small_sizes[0]))
+        high = math.exp((1 - t) * math.log(cfg.big_sizes[1]) + t * math.log(cfg.small_sizes[1]))
+        return Stage((low, high), True, 0.0)
+
+
 def make_batch(
-    pool: list[PoolItem], rng: np.random.Generator, cfg: TrainConfig, img_size: int
+    pool: list[PoolItem],
+    rng: np.random.Generator,
+    cfg: TrainConfig,
+    img_size: int,
+    stage: Stage | None = None,
 ) -> tuple[Tensor, dict[str, Prompts]]:
     """``cfg.batch`` augmented pool images and one prompt per target, grouped by prompt kind.
 
-    The targets of an image: up to ``cfg.max_defects`` defect components and, with probability
-    ``cfg.p_part`` (always on a good image), the whole part.
+    The targets of an image: pasted objects (:class:`Curriculum`), up to ``cfg.max_defects``
+    defect components and, with probability ``cfg.p_part`` (always on a good image), the
+    whole part.
     """
+    stage = stage or Stage(cfg.small_sizes, True, 0.0)
+    sizes, with_world = stage.sizes, stage.world
     images = []
     groups = {kind: Prompts([], [], [], [], []) for kind in ("point", "box", "point_box")}
     for b, index in enumerate(rng.choice(len(pool), size=cfg.batch, replace=False)):
@@ -274,20 +337,29 @@ def make_batch(
         masks = bits.reshape(-1, img_size, img_size).astype(bool)
         image, masks = augment(item.image, masks, int(rng.integers(4)), bool(rng.integers(2)))
         shapes: list[np.ndarray] = []
-        if cfg.max_shapes and rng.random() < cfg.p_shapes:
+        if rng.random() < stage.p_flat:
+            flat = rng.uniform(0, 255, 3) + rng.normal(0, rng.uniform(0, 8), image.shape)
+            image = np.clip(flat, 0, 255).astype(np.uint8)
+        if not with_world:  # objects only, as many as allowed: no one answer fits them all
+            image, masks, shapes = paste_shapes(
+                image, masks, rng, cfg.max_shapes, sizes, stage.styles
+            )
+        elif cfg.max_shapes and rng.random() < cfg.p_shapes:
             count = int(rng.integers(1, cfg.max_shapes + 1))
-            image, masks, shapes = paste_shapes(image, masks, rng, count)
+            image, masks, shapes = paste_shapes(image, masks, rng, count, sizes)
         images.append(image)
-        chosen = list(rng.permutation(item.n_defects)[: cfg.max_defects])
-        if not chosen or rng.random() < cfg.p_part:
-            chosen.append(item.n_defects)
+        chosen = []
+        if with_world:
+            chosen = list(rng.permutation(item.n_defects)[: cfg.max_defects])
+            if not chosen or rng.random() < cfg.p_part:
+                chosen.append(item.n_defects)
         targets = [
             (masks[t], "part" if t == item.n_defects else "defect")
             for t in chosen
             if masks[t].sum() >= MIN_COMPONENT
         ]
         for mask, source in [*targets, *((shape, "shape") for shape in shapes)]:
-            kind = str(rng.choice(("point", "box", "point_box")))
+            kind = str(rng.choice(stage.kinds))
             group = groups[kind]
             group.image.append(b)
             group.target.append(mask)
@@ -451,18 +523,25 @@ def load_backbone(weights: Path | None, seed: int = 0) -> SamBackbone:
 @dataclass(frozen=True)
 class TrainConfig:
     seed: int = 0
-    steps: int = 1500
-    minutes: float = 11.0
+    steps: int = 2400
+    minutes: float = 14.0
     pool: int = 600
     batch: int = 4
     max_defects: int = 6
     p_part: float = 0.3
-    lr: float = 3e-3
+    lr: float = 1e-3
     weight_decay: float = 0.05
     warmup: int = 30
     loss_size: int = 128
     p_shapes: float = 0.5
-    max_shapes: int = 3
+    max_shapes: int = 5
+    #: Curriculum (see :func:`curriculum`): object sizes (px) at the start and at the end of
+    #: shrinking, the fraction of training spent shrinking, and when defects become targets.
+    big_sizes: tuple[float, float] = (30.0, 120.0)
+    small_sizes: tuple[float, float] = (5.0, 60.0)
+    prompt_iou: float = 0.3
+    objects_until: float = 0.4
+    shrink: float = 0.3
     focal_weight: float = 20.0
     dice_weight: float = 1.0
     box_jitter: float = 0.05
@@ -534,6 +613,7 @@ def train(cfg: TrainConfig, out: Path) -> dict[str, Any]:
         return cfg.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, done))))
 
     rng = np.random.default_rng([cfg.seed, 1])
+    schedule = Curriculum(cfg)
     running: dict[str, list[float]] = {"loss": [], "iou": []}
     steps_done = 0
     bound = "steps"
@@ -547,7 +627,8 @@ def train(cfg: TrainConfig, out: Path) -> dict[str, Any]:
         lr = lr_at(step, done)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        pixels, groups = make_batch(pool, rng, cfg, arch.img_size)
+        stage = schedule.stage(done)
+        pixels, groups = make_batch(pool, rng, cfg, arch.img_size, stage)
         embeddings = sam.image_encoder(sam.preprocess(pixels))
         losses, ious = [], []
         sources: list[str] = []
@@ -577,6 +658,12 @@ def train(cfg: TrainConfig, out: Path) -> dict[str, Any]:
         for source in ("defect", "shape", "part"):
             chosen = [i for i, name in enumerate(sources) if name == source]
             running.setdefault(source, []).extend(step_ious[chosen].tolist())
+        was_objects = schedule.switched_at is None
+        schedule.observe(
+            [float(step_ious[i]) for i, name in enumerate(sources) if name == "shape"], done
+        )
+        if was_objects and schedule.switched_at is not None:
+            tqdm.write(f"step {steps_done}: the prompt is followed; the world's targets join")
         if steps_done % cfg.log_every == 0:
             loss_avg = np.mean(running["loss"][-cfg.log_every :])
             iou_avg = np.mean(running["iou"][-cfg.log_every :])
@@ -656,7 +743,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--eval-images", type=int, default=defaults.eval_images)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: free cores)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    configure_logging()
     cfg = TrainConfig(
         seed=args.seed,
         steps=args.steps,
