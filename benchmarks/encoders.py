@@ -29,6 +29,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per case (median)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads(N)")
     parser.add_argument("--skip-clip", action="store_true", help="only the SAM encoder")
+    parser.add_argument(
+        "--compiled",
+        action="store_true",
+        help="also time the compiled routes (flex_attention with the rel-pos bias as a score "
+        "modification; torch.compile of the whole SAM encoder): about a minute of compiling",
+    )
     parser.add_argument("--out", type=Path, default=None, help="also write the table here")
     return parser.parse_args(argv)
 
@@ -51,7 +57,7 @@ def run(args: argparse.Namespace) -> str:
 
     import clipsam
     from clipsam.precision import autocast
-    from clipsam.sam_fast import disable_fast_attention
+    from clipsam.sam_fast import disable_fast_attention, enable_flex_attention
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -92,6 +98,12 @@ def run(args: argparse.Namespace) -> str:
         "SDPA + rel-pos mask, fp32": (fast_encoder, None),
         "SDPA + rel-pos mask, bf16 autocast (ours)": (fast_encoder, half),
     }
+    if args.compiled:
+        flex_encoder = copy.deepcopy(stock_encoder)
+        enable_flex_attention(flex_encoder)
+        cases["flex_attention, bias as score_mod (compiled), bf16 autocast"] = (flex_encoder, half)
+        compiled = torch.compile(fast_encoder, dynamic=False)
+        cases["torch.compile(encoder), SDPA + mask, bf16 autocast"] = (compiled, half)
     results: dict[str, tuple[float, torch.Tensor]] = {}
     with torch.inference_mode():
         for name, (encoder, dtype) in cases.items():

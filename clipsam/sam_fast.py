@@ -14,6 +14,7 @@ Same weights, same math: both match stock to float rounding (see tests).
 from __future__ import annotations
 
 import types
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +53,60 @@ def sdpa_forward(self: Attention, x: Tensor) -> Tensor:
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     out = out.view(batch, self.num_heads, height, width, -1).permute(0, 2, 3, 1, 4)
     return self.proj(out.reshape(batch, height, width, -1))
+
+
+def flex_forward(self: Attention, x: Tensor) -> Tensor:
+    """``Attention.forward`` through ``flex_attention``: the decomposed rel-pos bias is a score
+    modification (two gathers per score), so no (HW × HW) bias is ever written. Exact; on
+    the CPUs measured it is slower than :func:`sdpa_forward` (README, Benchmarks), so it is an
+    option (:func:`enable_flex_attention`), not the default."""
+    batch, height, width, _ = x.shape
+    tokens = height * width
+    qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)  # (B, heads, HW, C)
+    if not self.use_rel_pos:
+        out = F.scaled_dot_product_attention(q, k, v)
+    else:
+        rel_h = get_rel_pos(height, height, self.rel_pos_h).to(q.dtype)  # (H, kH, C)
+        rel_w = get_rel_pos(width, width, self.rel_pos_w).to(q.dtype)  # (W, kW, C)
+        r_q = q.reshape(batch, self.num_heads, height, width, -1)
+        bias_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, rel_h).reshape(
+            batch, self.num_heads, tokens, -1
+        )
+        bias_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, rel_w).reshape(
+            batch, self.num_heads, tokens, -1
+        )
+
+        def score_mod(score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+            return (
+                score + bias_h[b, h, q_idx, kv_idx // width] + bias_w[b, h, q_idx, kv_idx % width]
+            )
+
+        out = _flex_attention()(q, k, v, score_mod=score_mod)
+    out = out.view(batch, self.num_heads, height, width, -1).permute(0, 2, 3, 1, 4)
+    return self.proj(out.reshape(batch, height, width, -1))
+
+
+#: Whether :func:`flex_forward` runs ``flex_attention`` compiled (once per process, ≈ 30 s on
+#: CPU; without it flex_attention is a slow reference). The tests run it eagerly.
+FLEX_COMPILED = True
+_FLEX: dict[bool, Callable[..., Tensor]] = {}
+
+
+def _flex_attention() -> Callable[..., Tensor]:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if FLEX_COMPILED not in _FLEX:
+        kernel = torch.compile(flex_attention, dynamic=False) if FLEX_COMPILED else flex_attention
+        _FLEX[FLEX_COMPILED] = kernel
+    return _FLEX[FLEX_COMPILED]
+
+
+def enable_flex_attention(encoder: ImageEncoderViT) -> int:
+    """Route every block's attention of ``encoder`` through :func:`flex_forward`."""
+    for block in encoder.blocks:
+        block.attn.forward = types.MethodType(flex_forward, block.attn)
+    return len(encoder.blocks)
 
 
 def enable_fast_attention(encoder: ImageEncoderViT) -> int:

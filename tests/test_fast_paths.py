@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from clipsam import sam_fast
 from clipsam.precision import autocast_dtype, cpu_has_bf16
 from clipsam.sam_backbone import SAM_ARCHS, SamArch, build_sam_model
 from clipsam.sam_fast import (
@@ -42,6 +43,24 @@ def test_sam_encoder_with_sdpa_matches_stock(arch):
     assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4), (got - expected).abs().max()
     disable_fast_attention(fast)
     assert all("forward" not in b.attn.__dict__ for b in fast.blocks)
+
+
+def test_sam_encoder_with_flex_attention_matches_stock(monkeypatch):
+    """The rel-pos bias as a flex_attention score modification (eager here: compiling takes
+    half a minute; the benchmark times the compiled kernel) gives stock's embedding."""
+    monkeypatch.setattr(sam_fast, "FLEX_COMPILED", False)
+    arch = SamArch(64, 2, 2, (1,), img_size=256)  # a windowed and a global block
+    torch.manual_seed(0)
+    stock = build_sam_model(arch).image_encoder
+    for block in stock.blocks:
+        block.attn.rel_pos_h.data.normal_(0, 0.5)
+        block.attn.rel_pos_w.data.normal_(0, 0.5)
+    flex = copy.deepcopy(stock)
+    assert sam_fast.enable_flex_attention(flex) == arch.depth
+    pixels = torch.randn(1, 3, arch.img_size, arch.img_size)
+    with torch.inference_mode():
+        expected, got = stock(pixels), flex(pixels)
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4), (got - expected).abs().max()
 
 
 def test_sdpa_attention_is_wired_into_the_pipelines_sam(make_tiny):
