@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from clipsam.logging_setup import configure_logging
 from correction_loop import keys
 from correction_loop.corrections import Correction, correction_from_event
 from correction_loop.store import CorrectionStore
@@ -147,10 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--prefix", default=keys.PREFIX, help=f"Redis key prefix (default: {keys.PREFIX})"
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging()
 
     label_config = None
     if args.label_config is not None:
