@@ -53,6 +53,9 @@ WORLD_CATEGORY = "carpet"  # one of clipsam.data.world.HELDOUT_CATEGORIES
 #: Bars, set from measurement with margins (docs/method.md §13).
 DICE_GAIN = 0.15  # mean Dice of the returned regions on the defective test images, after - before
 FOUND_AFTER = 0.6  # share of defective test images with any returned region, after
+#: Share of good test images with a region before any correction: the training-free head at its
+#: calibrated thresholds (measured 0 % on both families; 100 % on carpet with them ignored).
+ALARMS_BEFORE = 0.5
 SECONDS = 120.0  # first correction posted → the new model_version served
 
 #: The backend's pipeline: the shipped micro-CLIP; SAM off until the micro-SAM weights ship
@@ -86,6 +89,11 @@ class LoopResult:
         if self.found_after < FOUND_AFTER:
             out.append(
                 f"regions on {self.found_after:.0%} of defective images (< {FOUND_AFTER:.0%})"
+            )
+        if self.false_alarms_before > ALARMS_BEFORE:
+            out.append(
+                f"regions on {self.false_alarms_before:.0%} of good images before the "
+                f"corrections (> {ALARMS_BEFORE:.0%})"
             )
         if not self.seconds <= SECONDS:
             out.append(f"new model_version after {self.seconds:.0f} s (> {SECONDS:.0f} s)")
@@ -262,10 +270,10 @@ def test_corrections_improve_the_returned_regions(tmp_path, family):
         ("world", "shuffled"),
         ("tiles", "shuffled"),
         ("tiles", "no_threshold"),
-        # ("world", "no_threshold") meets the bars (Dice 0.16 -> 0.48): after 160 steps the
-        # trained head's raw maps cross 0.5 by themselves, so ignoring its threshold costs it
-        # nothing; what breaks is the training-free head (regions on every good image).
-        # docs/method.md §13, "The loop, measured".
+        # Meets the Dice bars (0.16 -> 0.48: after 160 steps the trained head's raw maps cross
+        # 0.5 by themselves); what breaks is the training-free head's regions on every good
+        # image before the corrections. docs/method.md §13, "The loop, measured".
+        ("world", "no_threshold"),
     ],
 )
 def test_a_broken_loop_misses_the_same_bars(tmp_path, family, broken):
