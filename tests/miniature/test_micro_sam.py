@@ -15,7 +15,7 @@ from training.miniature import sam as micro_sam
 pytestmark = pytest.mark.slow
 
 #: Mean IoU with the held-out defect a box prompt (grown 5%, as MMR builds it) must reach:
-#: measured 0.34 on these 40 images (point 0.23; random weights 0.01; the box itself, filled
+#: measured 0.32 on these 40 images (point 0.22; random weights 0.01; the box itself, filled
 #: in, 0.41: the shipped micro-SAM is short of a real SAM, see docs/miniature.md).
 BOX_BAR = 0.25
 #: The same for a single point (the defect's most interior pixel, best of three masks).
@@ -39,7 +39,7 @@ def test_a_prompt_gives_the_defect_it_points_at(shipped, samples):
 
 
 def test_prompts_in_the_wrong_coordinate_frame_fall_below_that_bar(shipped, samples):
-    """Break: (y, x) handed over as (x, y). Measured 0.04."""
+    """Break: (y, x) handed over as (x, y). Measured 0.02-0.04."""
     scores = micro_sam.evaluate(shipped, samples, swap_xy=True)
     assert max(scores["box"], scores["point_box"]) < BOX_BAR and scores["point"] < POINT_BAR
 
