@@ -69,6 +69,7 @@ class Settings:
     corrections: bool = True
     retrain_every: int = 20
     retrain_interval: float = 0.0
+    retrain_heartbeat: float = 30.0
     retrain_epochs: int = 10
     retrain_holdout: float = 0.2
     #: Extra labelled datasets mixed into every retrain (``mvtec:PATH,visa:PATH``).
@@ -153,6 +154,7 @@ class Settings:
             corrections=_flag(text("CLIPSAM_CORRECTIONS"), True),
             retrain_every=number("CLIPSAM_RETRAIN_EVERY", cls.retrain_every),
             retrain_interval=number("CLIPSAM_RETRAIN_INTERVAL", cls.retrain_interval, float),
+            retrain_heartbeat=number("CLIPSAM_RETRAIN_HEARTBEAT", cls.retrain_heartbeat, float),
             retrain_epochs=number("CLIPSAM_RETRAIN_EPOCHS", cls.retrain_epochs),
             retrain_holdout=number("CLIPSAM_RETRAIN_HOLDOUT", cls.retrain_holdout, float),
             base_data=items("CLIPSAM_BASE_DATA"),

@@ -47,6 +47,7 @@ class LoopSettings:
     retrain_interval: float = 0.0
     retrain_epochs: int = 10
     retrain_holdout: float = 0.2
+    retrain_heartbeat: float = 30.0
     #: Extra labelled datasets mixed into every retrain (``mvtec:PATH``...).
     base_data: tuple[str, ...] = ()
     #: Run retraining jobs inside this process (default: only with the embedded Redis).
@@ -64,7 +65,11 @@ class CorrectionLoop:
         self.scheduler = RetrainScheduler(
             self.connection,
             self.store,
-            RetrainPolicy(every=settings.retrain_every, interval=settings.retrain_interval),
+            RetrainPolicy(
+                every=settings.retrain_every,
+                interval=settings.retrain_interval,
+                heartbeat=settings.retrain_heartbeat,
+            ),
             job_kwargs=self._job_kwargs(),
         )
         self.pump = EventPump(events, self.apply)
@@ -156,4 +161,5 @@ class CorrectionLoop:
             "epochs": s.retrain_epochs,
             "holdout": s.retrain_holdout,
             "base_data": list(s.base_data) or None,
+            "heartbeat_period": s.retrain_heartbeat,  # the scheduler waits two of these
         }

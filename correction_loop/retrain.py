@@ -51,20 +51,21 @@ from training.trainer import (
 logger = logging.getLogger(__name__)
 
 
-def heartbeat_seconds() -> float:
-    """How often a running job says it is alive (``CLIPSAM_RETRAIN_HEARTBEAT``, default 30 s)."""
-    return float(os.environ.get("CLIPSAM_RETRAIN_HEARTBEAT", "30"))
+#: How often a running job says it is alive, by default (``CLIPSAM_RETRAIN_HEARTBEAT``, read by
+#: the backend's settings, which hand it to the scheduler and, through the job, to the worker).
+HEARTBEAT_SECONDS = 30.0
 
 
 @contextlib.contextmanager
-def heartbeat(connection: redis.Redis, project: str) -> Iterator[None]:
+def heartbeat(
+    connection: redis.Redis, project: str, period: float = HEARTBEAT_SECONDS
+) -> Iterator[None]:
     """Keep the project's ``retrain_alive`` key fresh while the job runs, so that a killed
     worker is noticed in seconds.
 
     rq marks a job started for its whole timeout even when its worker died (SIGKILL, OOM);
     the scheduler uses this key to tell a running job from an abandoned one.
     """
-    period = heartbeat_seconds()
     key, stop = keys.retrain_alive(project), threading.Event()
 
     def beat() -> None:
@@ -121,6 +122,7 @@ def retrain_job(
     base_data: list[str] | None = None,
     seed: int = 0,
     min_steps: int | None = None,
+    heartbeat_period: float = HEARTBEAT_SECONDS,
 ) -> dict[str, Any]:
     """Train from the serving head on the project's corrections; promote or reject.
 
@@ -135,7 +137,7 @@ def retrain_job(
     """
     job = get_current_job()
     connection = job.connection if job is not None else connect(redis_url, Path(model_dir))
-    with heartbeat(connection, project):
+    with heartbeat(connection, project, heartbeat_period):
         return _retrain(connection, project, reason, model_dir, preset, pipeline_overrides,
                         settings, epochs, holdout, base_data, seed,
                         MIN_STEPS if min_steps is None else min_steps)  # fmt: skip

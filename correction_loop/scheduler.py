@@ -20,7 +20,7 @@ from rq.job import Job, JobStatus
 
 from clipsam.log_throttle import ThrottledWarning
 from correction_loop import keys
-from correction_loop.retrain import heartbeat_seconds
+from correction_loop.retrain import HEARTBEAT_SECONDS
 from correction_loop.store import CorrectionStore
 
 logger = logging.getLogger(__name__)
@@ -57,6 +57,9 @@ class RetrainPolicy:
     every: int = 20  # CLIPSAM_RETRAIN_EVERY: new corrections that trigger a retrain
     interval: float = 0.0  # CLIPSAM_RETRAIN_INTERVAL seconds; 0 = off
     job_timeout: int = 3600
+    #: CLIPSAM_RETRAIN_HEARTBEAT: how often a running job says it is alive; a started job
+    #: silent for two periods is taken for abandoned.
+    heartbeat: float = HEARTBEAT_SECONDS
 
 
 class RetrainScheduler:
@@ -199,7 +202,7 @@ class RetrainScheduler:
         """Started long enough ago to have sent a heartbeat, yet none is alive."""
         if job.get_status(refresh=False) != JobStatus.STARTED or job.started_at is None:
             return False
-        grace = 2 * heartbeat_seconds()
+        grace = 2 * self.policy.heartbeat
         running = (datetime.now(UTC) - job.started_at.replace(tzinfo=UTC)).total_seconds()
         # The job writes its heartbeat under the default prefix (it is not told the prefix).
         return running > grace and not self.connection.exists(keys.retrain_alive(project))

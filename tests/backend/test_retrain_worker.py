@@ -32,7 +32,6 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.mark.slow
 def test_a_worker_killed_mid_training_leaves_serving_intact(tmp_path, monkeypatch):
-    monkeypatch.setenv("CLIPSAM_RETRAIN_HEARTBEAT", "1")  # inherited by the worker process
     root = make_synthetic_dataset(tmp_path / "data", categories=("widget",), n_good=2,
                                   n_defect=8, seed=5)  # fmt: skip
     redis_server = RedisProcess(tmp_path / "redis").start()
@@ -51,10 +50,12 @@ def test_a_worker_killed_mid_training_leaves_serving_intact(tmp_path, monkeypatc
                 store.upsert(
                     correction_from_event(annotation_event(index + 1, index + 1, link, mask))
                 )
-            scheduler = RetrainScheduler(connection, store, RetrainPolicy(every=0), job_kwargs={
+            policy = RetrainPolicy(every=0, heartbeat=1.0)  # handed to the job by the scheduler
+            scheduler = RetrainScheduler(connection, store, policy, job_kwargs={
                 "model_dir": str(model_dir), "preset": "tiny",
                 "pipeline_overrides": {"use_sam": False}, "redis_url": redis_server.url,
                 "settings": {"allowed_hosts": ["127.0.0.1"]}, "epochs": 100_000, "holdout": 0.3,
+                "heartbeat_period": policy.heartbeat,
             })  # fmt: skip
             job = scheduler.enqueue("3", "test")
             assert job is not None and scheduler.enqueue("3", "again") is None  # one per project

@@ -71,10 +71,9 @@ def test_interval_policy_only_for_projects_with_pending_corrections(redis_server
     assert RetrainScheduler(redis_server, store, RetrainPolicy(interval=0), {}).tick() == []
 
 
-def test_a_started_job_without_heartbeat_is_replaced(redis_server, monkeypatch):
-    monkeypatch.setenv("CLIPSAM_RETRAIN_HEARTBEAT", "0.2")
+def test_a_started_job_without_heartbeat_is_replaced(redis_server):
     store = _store_with(redis_server, 1)
-    scheduler = RetrainScheduler(redis_server, store, RetrainPolicy(every=0), {})
+    scheduler = RetrainScheduler(redis_server, store, RetrainPolicy(every=0, heartbeat=0.2), {})
     job = scheduler.enqueue("3", "first")
     job.set_status(JobStatus.STARTED)
     job.started_at = job.enqueued_at
