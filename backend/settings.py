@@ -14,7 +14,7 @@ from typing import Any, overload
 
 from clipsam.config import overrides_from_json
 from clipsam.weights import WeightPaths
-from labelstudio.settings import FetchSettings
+from labelstudio.settings import EnvReader, FetchSettings
 
 
 @dataclass(frozen=True)
@@ -99,18 +99,8 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
 
-        def text(name: str) -> str | None:
-            value = env.get(name, "").strip()
-            return value or None
-
-        def number(name: str, default: float, cast: type = int) -> Any:
-            raw = text(name)
-            if raw is None:
-                return default
-            try:
-                return cast(raw)
-            except ValueError:
-                raise ValueError(f"{name} must be a number, got {raw!r}") from None
+        reader = EnvReader(env)
+        text, number = reader.text, reader.number
 
         def items(name: str) -> tuple[str, ...]:
             return tuple(i.strip() for i in (text(name) or "").split(",") if i.strip())

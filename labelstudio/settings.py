@@ -15,6 +15,27 @@ from pathlib import Path
 from typing import Any
 
 
+class EnvReader:
+    """Reads of environment variables shared by every settings class: blank means unset, and
+    a bad number raises an error that names the variable."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def text(self, name: str) -> str | None:
+        value = self.env.get(name, "").strip()
+        return value or None
+
+    def number(self, name: str, default: float, cast: type = int) -> Any:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        try:
+            return cast(raw)
+        except ValueError:
+            raise ValueError(f"{name} must be a number, got {raw!r}") from None
+
+
 @dataclass(frozen=True)
 class FetchSettings:
     #: Label Studio's base URL (``LABEL_STUDIO_URL``): /data/... references are joined to it,
@@ -34,18 +55,8 @@ class FetchSettings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> FetchSettings:
         env = os.environ if env is None else env
 
-        def text(name: str) -> str | None:
-            value = env.get(name, "").strip()
-            return value or None
-
-        def number(name: str, default: float, cast: type = int) -> Any:
-            raw = text(name)
-            if raw is None:
-                return default
-            try:
-                return cast(raw)
-            except ValueError:
-                raise ValueError(f"{name} must be a number, got {raw!r}") from None
+        reader = EnvReader(env)
+        text, number = reader.text, reader.number
 
         root = text("LOCAL_FILES_DOCUMENT_ROOT")
         hosts = (text("CLIPSAM_ALLOWED_HOSTS") or "").split(",")
