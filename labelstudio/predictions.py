@@ -32,13 +32,28 @@ def model_version(preset: str, head_version: str) -> str:
     return f"clipsam-{preset}-{head_version}"
 
 
+def verdict_confidence(score: float, threshold: float) -> float:
+    """How sure the verdict is, in [0, 1]: 0 on the threshold, 1 at either end of the scale.
+
+    This is the prediction's ``score``, so that sorting Label Studio's task list by prediction
+    score, ascending, puts first the images whose verdict is closest to flipping: the ones whose
+    annotation teaches the head the most (uncertainty sampling). The anomaly score itself stays
+    on the verdict (``Choices``) item and on each region.
+    """
+    threshold = min(max(float(threshold), 0.0), 1.0)
+    score = min(max(float(score), 0.0), 1.0)
+    room = threshold if score < threshold else 1.0 - threshold
+    return 1.0 if room <= 0.0 else min(1.0, abs(score - threshold) / room)
+
+
 def to_prediction(
     prediction: Prediction, spec: LabelSpec, verdict_threshold: float, preset: str
 ) -> dict[str, Any]:
-    """One Label Studio prediction: every control's items, the image score, the model version."""
+    """One Label Studio prediction: every control's items, how sure the verdict is (the score
+    Label Studio sorts by, :func:`verdict_confidence`), the model version."""
     return {
         "result": to_results(prediction, spec, verdict_threshold),
-        "score": round(float(prediction.score), 4),
+        "score": round(verdict_confidence(prediction.score, verdict_threshold), 4),
         "model_version": model_version(preset, prediction.head_version),
     }
 

@@ -11,6 +11,8 @@ import pytest
 from label_studio_sdk.converter.brush import decode_rle
 from PIL import Image, ImageDraw
 
+from labelstudio.predictions import verdict_confidence
+
 CONFIG_ALL = """
 <View>
   <Image name="photo" value="$photo"/>
@@ -45,7 +47,10 @@ def test_every_control_type_from_the_config(backend, image_server, blob_pipeline
     assert response.status_code == 200, response.text
     [prediction] = response.json()["results"]
     expected = blob_pipeline.predict([np.asarray(Image.open(folder / "a.png"))], "bottle")[0]
-    assert prediction["score"] == pytest.approx(expected.score, abs=1e-4)
+    # The prediction's score is how sure the verdict is; the anomaly score is on the verdict.
+    assert prediction["score"] == pytest.approx(verdict_confidence(expected.score, 0.5), abs=1e-4)
+    [verdict] = [item for item in prediction["result"] if item["type"] == "choices"]
+    assert verdict["score"] == pytest.approx(expected.score, abs=1e-4)
     assert prediction["model_version"] == "clipsam-tiny-blob"
     by_type: dict[str, list] = {}
     for item in prediction["result"]:
