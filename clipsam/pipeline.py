@@ -23,6 +23,7 @@ from clipsam.cache import FeatureCache
 from clipsam.calibration import calibrate_map, calibrate_score, zero_shot_thresholds
 from clipsam.clip_backbone import ClipBackbone, build_clip
 from clipsam.config import HeadKind, PipelineConfig, config_to_dict, resolve_config
+from clipsam.fewshot import MemoryBank, NormalMemory, blend, fewshot_map
 from clipsam.heads import AnomalyHead, HeadMismatchError, build_head, coarse_map, load_head
 from clipsam.heads.base import stage_logits
 from clipsam.image_score import clip_scores, fuse_image_score, hsf_scores
@@ -83,6 +84,8 @@ class Pipeline:
         self.stats = _Stats()
         self._head = head
         self.set_head(head)  # validates the backbone and moves it to the device
+        #: Normal memories by category (``clipsam.fewshot``): blended into the map at once.
+        self.memories = MemoryBank(clip.backbone_id)
 
     # ---- head management -------------------------------------------------------------
     @property
@@ -170,9 +173,10 @@ class Pipeline:
         arrays = [load_image(image) for image in batch]
         head = self._head  # read once: a concurrent swap never mixes heads within a call
         text = self.text_features(category, defect_words)
+        memory = self.memories.get(category)  # read once too
         predictions: list[Prediction] = []
         for chunk in _chunks(arrays, self.config.batch_size):
-            predictions += self._predict_chunk(chunk, head, text)
+            predictions += self._predict_chunk(chunk, head, text, memory)
         self.stats.images += len(arrays)
         return predictions
 
@@ -218,12 +222,24 @@ class Pipeline:
             return maps, hsf_scores(tokens.float(), logits.float(), global_embeds, text)
         return maps, clip_scores(global_embeds, text)
 
+    def blend_memory(self, maps: Tensor, features: list[dict], memory: NormalMemory) -> Tensor:
+        """Calibrated maps (B, S, S) blended with a category's normal memory (few-shot)."""
+        stages = torch.stack([f["stages"] for f in features]).to(self.device)
+        with torch.inference_mode():
+            return blend(maps, fewshot_map(stages, memory, self.clip.config.image_size))
+
     def _predict_chunk(
-        self, images: list[np.ndarray], head: AnomalyHead, text: Tensor
+        self,
+        images: list[np.ndarray],
+        head: AnomalyHead,
+        text: Tensor,
+        memory: NormalMemory | None = None,
     ) -> list[Prediction]:
         hashes = [image_hash(image) for image in images]
         features = self.clip_features(images, hashes)
         maps, text_scores = self.score_features(features, head, text)
+        if memory is not None:
+            maps = self.blend_memory(maps, features, memory)
         assert text_scores is not None
         amaps = [resize_map(maps[i], image.shape[:2]) for i, image in enumerate(images)]
         components = [find_components(amap, self.config.mmr) for amap in amaps]
