@@ -93,7 +93,11 @@ def create_app(settings: Settings | None = None, model: ModelService | None = No
     model = model or ModelService(settings, fallbacks=lambda: _fallback_heads(settings))
     fetcher = ImageFetcher(settings.fetch, settings.label_studio_api_key)
     predictor = TaskPredictor(settings, model, fetcher)
-    loop = CorrectionLoop(loop_settings(settings), model, events) if settings.corrections else None
+    loop = (
+        CorrectionLoop(loop_settings(settings), model, events, fetcher)
+        if settings.corrections
+        else None
+    )
     if loop is not None:
         loop.reloader.registry_version = serving.version if serving is not None else None
     project_configs: dict[str | None, str] = {}  # by project id (None: a project without one)
@@ -270,6 +274,8 @@ def loop_settings(settings: Settings) -> LoopSettings:
         base_data=settings.base_data,
         inprocess_worker=settings.inprocess_worker,
         reload_poll=settings.reload_poll,
+        fewshot_images=settings.fewshot_images,
+        fewshot_patches=settings.fewshot_patches,
     )
 
 

@@ -77,6 +77,9 @@ class Settings:
     #: Run retraining jobs inside this process (default: only with the embedded Redis).
     inprocess_worker: bool | None = None
     reload_poll: float = 5.0
+    #: Few-shot normal memory per category: reference images (0: off) and patches kept.
+    fewshot_images: int = 32
+    fewshot_patches: int = 4096
 
     @property
     def auth_enabled(self) -> bool:
@@ -150,6 +153,8 @@ class Settings:
             base_data=items("CLIPSAM_BASE_DATA"),
             inprocess_worker=_flag(text("CLIPSAM_INPROCESS_WORKER"), None),
             reload_poll=number("CLIPSAM_RELOAD_POLL", cls.reload_poll, float),
+            fewshot_images=number("CLIPSAM_FEWSHOT_IMAGES", cls.fewshot_images),
+            fewshot_patches=number("CLIPSAM_FEWSHOT_PATCHES", cls.fewshot_patches),
         )
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from clipsam.pipeline_cache import share_pipeline
 from correction_loop.events import EventLog, EventPump
+from correction_loop.fewshot import MemoryLimits, MemorySync
 from correction_loop.import_export import corrections_from_tasks
 from correction_loop.redis_conn import connect, release
 from correction_loop.registry import ModelRegistry
@@ -23,8 +24,9 @@ from correction_loop.reloader import HeadReloader, ServedModel
 from correction_loop.scheduler import RetrainPolicy, RetrainScheduler
 from correction_loop.store import CorrectionStore
 from correction_loop.worker import ThreadWorker, run_in_thread
+from labelstudio.fetch import ImageFetcher
 from labelstudio.projects import project_id
-from labelstudio.settings import FetchSettings
+from labelstudio.settings import FetchSettings, api_key_from_env
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +55,19 @@ class LoopSettings:
     #: Run retraining jobs inside this process (default: only with the embedded Redis).
     inprocess_worker: bool | None = None
     reload_poll: float = 5.0
+    #: Few-shot normal memory bounds per category (``clipsam.fewshot``); 0 images: off.
+    fewshot_images: int = MemoryLimits.max_images
+    fewshot_patches: int = MemoryLimits.max_patches
 
 
 class CorrectionLoop:
-    def __init__(self, settings: LoopSettings, model: ServedModel, events: EventLog) -> None:
+    def __init__(
+        self,
+        settings: LoopSettings,
+        model: ServedModel,
+        events: EventLog,
+        fetcher: ImageFetcher | None = None,
+    ) -> None:
         self.settings = settings
         self.model = model
         self.connection = connect(settings.redis_url, settings.model_dir)
@@ -74,6 +85,15 @@ class CorrectionLoop:
         )
         self.pump = EventPump(events, self.apply)
         self.reloader = HeadReloader(model, self.registry, poll=settings.reload_poll)
+        self.memory: MemorySync | None = None
+        if settings.fewshot_images > 0:  # good images join their category's normal memory
+            self.memory = MemorySync(
+                self.store,
+                model,
+                settings.model_dir,
+                fetcher or ImageFetcher(settings.fetch, api_key_from_env()),
+                MemoryLimits(settings.fewshot_images, settings.fewshot_patches),
+            )
         self.worker: ThreadWorker | None = None
         self._worker_thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -95,6 +115,8 @@ class CorrectionLoop:
                 default_category=self.settings.default_category,
             )
         logger.info("event %s → %s (project %s)", action, outcome, project)
+        if outcome != "unchanged" and self.memory is not None:
+            self.memory.wake()  # good images join their memory in the background
         if outcome != "unchanged":
             self.scheduler.on_event(action, project)
 
@@ -115,6 +137,8 @@ class CorrectionLoop:
     def start(self) -> None:
         self.pump.start()
         self.reloader.start()
+        if self.memory is not None:
+            self.memory.start()
         period = min(30.0, self.settings.retrain_interval or 30.0)
         threading.Thread(
             target=self.scheduler.run_interval_loop,
@@ -131,6 +155,8 @@ class CorrectionLoop:
         self._stopping.set()
         self.pump.stop()
         self.reloader.stop()
+        if self.memory is not None:
+            self.memory.stop()
         self.scheduler.stop()
         if self.worker is not None:
             self.worker.stop()
