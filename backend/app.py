@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from backend import log_redact, metrics
 from backend.admission import PredictGate, RateLimiter
+from backend.interactive import InteractivePredictor
 from backend.limits import RequestLimits
 from backend.model import ModelNotReady, ModelService, pipeline_overrides
 from backend.predictor import TaskPredictor
@@ -35,6 +36,7 @@ from correction_loop.head_files import HeadVersion
 from correction_loop.loop import CorrectionLoop, LoopSettings
 from correction_loop.registry import ModelRegistry
 from labelstudio.fetch import ImageFetcher
+from labelstudio.interactive import find_context
 from labelstudio.label_config import LabelConfigError, LabelSpec, parse_label_config
 from labelstudio.predictions import model_version
 from labelstudio.projects import project_id
@@ -93,6 +95,7 @@ def create_app(settings: Settings | None = None, model: ModelService | None = No
     model = model or ModelService(settings, fallbacks=lambda: _fallback_heads(settings))
     fetcher = ImageFetcher(settings.fetch, settings.label_studio_api_key)
     predictor = TaskPredictor(settings, model, fetcher)
+    interactive = InteractivePredictor(settings, model, fetcher, predictor.pipeline_lock)
     loop = (
         CorrectionLoop(loop_settings(settings), model, events, fetcher)
         if settings.corrections
@@ -172,7 +175,12 @@ def create_app(settings: Settings | None = None, model: ModelService | None = No
         config = request.label_config or project_configs.get(project_id(request.project))
         if not config:
             raise HTTPException(422, "no label_config in the request and none from /setup")
+        context = find_context(request.params, request.model_extra)  # a smart tool's click
         with gate.admit():  # 503 when the queue is full
+            if context is not None:
+                return await anyio.to_thread.run_sync(
+                    interactive.predict, request.tasks, context, config, limiter=gate.limiter
+                )
             return await anyio.to_thread.run_sync(
                 _predict, predictor, request.tasks, config, settings, limiter=gate.limiter
             )

@@ -34,6 +34,11 @@ class TaskPredictor:
             max_workers=max(1, settings.threads), thread_name_prefix="fetch"
         )
 
+    @property
+    def pipeline_lock(self) -> threading.Lock:
+        """Held while the pipeline runs; interactive clicks take it too."""
+        return self._pipeline_lock
+
     def predict(self, tasks: list[dict[str, Any]], spec: LabelSpec) -> list[dict[str, Any]]:
         pipeline = self.model.wait(self.settings.model_wait_seconds)
         images = [self._image(task, spec) for task in tasks]

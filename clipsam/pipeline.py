@@ -59,6 +59,19 @@ class Prediction:
 
 
 @dataclass
+class Segment:
+    """An interactive mask: SAM's answer to one prompt set (``Pipeline.segment``)."""
+
+    mask: np.ndarray  # bool (H, W)
+    iou: float  # SAM's own estimate of the mask's IoU
+    embedded: bool  # True when this call computed the image embedding (it was not cached)
+
+
+class SamUnavailable(RuntimeError):
+    """The pipeline was built without SAM, so prompts cannot be decoded."""
+
+
+@dataclass
 class _Stats:
     clip_forwards: int = 0
     sam_forwards: int = 0
@@ -158,6 +171,39 @@ class Pipeline:
                 entry = {"embedding": embeddings[row].to(dtype)}
                 found[i] = self.cache.put(namespace, hashes[i], entry)
         return [entry["embedding"][None] for entry in found if entry is not None]
+
+    def segment(
+        self,
+        image: np.ndarray,
+        points: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+    ) -> Segment:
+        """One mask for one interactive prompt set, decoded from the cached SAM embedding.
+
+        ``points`` (P, 2) XY pixels with ``point_labels`` (P,) 1/0 (positive/negative), ``box``
+        (4,) XYXY pixels. An uncached image is embedded once and kept (a pre-annotated one
+        usually is cached already). As SAM's own predictor advises, a lone point is ambiguous:
+        SAM's three masks are decoded and the best predicted IoU kept; otherwise one mask.
+        """
+        if self.sam is None:
+            raise SamUnavailable("this pipeline runs without SAM (use_sam is off)")
+        if points is None and box is None:
+            raise ValueError("segment needs at least one point or a box")
+        forwards = self.stats.sam_forwards
+        [embedding] = self.sam_embeddings([image], [image_hash(image)])
+        multimask = box is None and points is not None and len(points) == 1
+        masks, iou = self.sam.decode(
+            embedding,
+            image.shape[:2],
+            points=None if points is None else np.asarray(points, np.float32)[None],
+            boxes=None if box is None else np.asarray(box, np.float32)[None],
+            multimask=multimask,
+            point_labels=None if point_labels is None else np.asarray(point_labels)[None],
+        )
+        return Segment(
+            masks[0].cpu().numpy(), float(iou[0]), embedded=self.stats.sam_forwards > forwards
+        )
 
     # ---- prediction ------------------------------------------------------------------
     def predict(

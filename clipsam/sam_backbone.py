@@ -179,10 +179,12 @@ class SamBackbone:
         points: np.ndarray | None = None,
         boxes: np.ndarray | None = None,
         multimask: bool = False,
+        point_labels: np.ndarray | None = None,
     ) -> tuple[Tensor, Tensor]:
         """One decoder call for K prompts → (masks (K, H, W) bool, predicted IoU (K,)).
 
-        ``points`` (K, P, 2) are positive XY points; ``boxes`` (K, 4) XYXY, both in original
+        ``points`` (K, P, 2) are XY points, positive unless ``point_labels`` (K, P) says 0
+        (background: an interactive negative click); ``boxes`` (K, 4) XYXY, both in original
         pixels. With ``multimask`` the highest-IoU of SAM's three masks is kept per prompt.
         """
         point_arg = None
@@ -192,7 +194,15 @@ class SamBackbone:
                 dtype=torch.float32,
                 device=self.device,
             )
-            labels = torch.ones(coords.shape[:2], dtype=torch.int, device=self.device)
+            if point_labels is None:
+                labels = torch.ones(coords.shape[:2], dtype=torch.int, device=self.device)
+            else:
+                labels = torch.as_tensor(point_labels, dtype=torch.int, device=self.device)
+                if labels.shape != coords.shape[:2]:
+                    raise ValueError(
+                        f"point_labels {tuple(labels.shape)} do not match points "
+                        f"{tuple(coords.shape[:2])}"
+                    )
             point_arg = (coords, labels)
         box_arg = None
         if boxes is not None:
