@@ -15,6 +15,7 @@ SCRIPTS = {
     "encoders.py": (["--arch", "tiny", "--repeats", "1"], "| SAM tiny |"),
     "decoder.py": (["--arch", "tiny", "--repeats", "1", "--components", "3"], "| ours, fp32 |"),
     "training.py": (["--arch", "tiny", "--images", "8", "--epochs", "1"], "s per epoch per 100"),
+    "fewshot.py": (["--categories", "carpet", "--per-category", "3", "--ks", "0,1"], "| 1 |"),
 }
 
 
