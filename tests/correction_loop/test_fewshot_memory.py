@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -28,8 +29,8 @@ from tests.backend.conftest import file_server
 class Served:
     """The loop's view of a loaded model (``ServedModel``): ready, with this pipeline."""
 
-    fallback = None
-    rejected_head = None
+    fallback: str | None = None
+    rejected_head: str | None = None
 
     def __init__(self, pipeline: clipsam.Pipeline) -> None:
         self.pipeline = pipeline
@@ -59,7 +60,7 @@ def images(tmp_path: Path):
 
 
 def good(aid: int, url: str, category: str = "widget", **changes) -> Correction:
-    fields = dict(annotation_id=aid, task_id=aid, project="3", image=f"{url}/{aid % 10}.png",
+    fields: dict[str, Any] = dict(annotation_id=aid, task_id=aid, project="3", image=f"{url}/{aid % 10}.png",
                   category=category, mask_rle=None)  # fmt: skip
     fields.update(changes)
     return Correction(**fields)
