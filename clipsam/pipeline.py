@@ -23,12 +23,20 @@ from clipsam.cache import FeatureCache
 from clipsam.calibration import calibrate_map, calibrate_score, zero_shot_thresholds
 from clipsam.clip_backbone import ClipBackbone, build_clip
 from clipsam.config import HeadKind, PipelineConfig, config_to_dict, resolve_config
+from clipsam.defect_types import (
+    RegionDescriptor,
+    TypeClassifier,
+    describe_region,
+    type_sentences,
+    zero_shot_probs,
+)
 from clipsam.fewshot import MemoryBank, NormalMemory, blend, fewshot_map
 from clipsam.heads import AnomalyHead, HeadMismatchError, build_head, coarse_map, load_head
 from clipsam.heads.base import stage_logits
 from clipsam.image_score import clip_scores, fuse_image_score, hsf_scores
 from clipsam.images import ImageInput, image_hash, load_image
 from clipsam.precision import autocast, autocast_dtype, resolve_device
+from clipsam.prompts import category_phrase
 from clipsam.refine import Component, find_components, refine
 from clipsam.sam_backbone import SamBackbone, build_sam
 from clipsam.weights import WeightPaths, resolve_weights
@@ -43,6 +51,9 @@ class Region:
     mask: np.ndarray  # bool (H, W)
     bbox: tuple[int, int, int, int]
     score: float  # mean of the final map inside the region
+    #: Its defect type, when asked for (``Pipeline.type_regions``), and every type's probability.
+    label: str = ""
+    label_probs: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -99,6 +110,7 @@ class Pipeline:
         self.set_head(head)  # validates the backbone and moves it to the device
         #: Normal memories by category (``clipsam.fewshot``): blended into the map at once.
         self.memories = MemoryBank(clip.backbone_id)
+        self._type_text: dict[tuple[tuple[str, ...], str], Tensor] = {}
 
     # ---- head management -------------------------------------------------------------
     @property
@@ -204,6 +216,58 @@ class Pipeline:
         return Segment(
             masks[0].cpu().numpy(), float(iou[0]), embedded=self.stats.sam_forwards > forwards
         )
+
+    # ---- defect types ----------------------------------------------------------------
+    def type_regions(
+        self,
+        images: Sequence[np.ndarray],
+        predictions: Sequence[Prediction],
+        labels: Sequence[str],
+        category: str | None = None,
+    ) -> None:
+        """Give every region of ``predictions`` its most likely label among ``labels``.
+
+        The serving head's :class:`~clipsam.defect_types.TypeClassifier` decides when it knows
+        at least two of the labels; otherwise CLIP zero-shot, against prompts built from the
+        label names and ``category``. Reads the cached CLIP features: no backbone runs again.
+        """
+        labels = list(dict.fromkeys(labels))
+        todo = [i for i, p in enumerate(predictions) if p.regions]
+        if not labels or not todo:
+            return
+        classifier = self._head.type_classifier
+        features = self.clip_features([images[i] for i in todo],
+                                      [image_hash(images[i]) for i in todo])  # fmt: skip
+        for index, entry in zip(todo, features, strict=True):
+            regions = predictions[index].regions
+            described = [describe_region(r.mask, entry["vv"], self.clip.grid) for r in regions]
+            probs = self.type_probs(described, labels, category, classifier)
+            for region, row in zip(regions, probs, strict=True):
+                region.label = labels[int(np.argmax(row))]
+                region.label_probs = {label: float(p) for label, p in zip(labels, row, strict=True)}
+
+    def type_probs(
+        self,
+        regions: Sequence[RegionDescriptor],
+        labels: Sequence[str],
+        category: str | None,
+        classifier: TypeClassifier | None,
+    ) -> np.ndarray:
+        """(R, L) type probabilities: ``classifier``'s when it knows two of ``labels``, else
+        CLIP zero-shot."""
+        if classifier is not None and classifier.covers(labels):
+            return classifier.probs(regions, labels)
+        embeddings = np.stack([r.embedding for r in regions])
+        return zero_shot_probs(embeddings, self.type_text_features(labels, category))
+
+    def type_text_features(self, labels: Sequence[str], category: str | None) -> Tensor:
+        """(L, E) text features of each label's prompt ensemble, computed once per process."""
+        key = (tuple(labels), category_phrase(category))
+        if key not in self._type_text:
+            rows = [self.clip.encode_text(type_sentences(label, category)).mean(0)
+                    for label in labels]  # fmt: skip
+            self._type_text[key] = F.normalize(torch.stack(rows), dim=-1).cpu()
+        return self._type_text[key]
 
     # ---- prediction ------------------------------------------------------------------
     def predict(

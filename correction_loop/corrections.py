@@ -18,7 +18,7 @@ import numpy as np
 
 from labelstudio.label_config import image_reference
 from labelstudio.projects import project_id
-from labelstudio.rasterise import as_int, rasterise
+from labelstudio.rasterise import as_int, rasterise, rasterise_by_label
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,9 @@ class Correction:
     was_cancelled: bool = False
     ground_truth: bool = False
     has_defect: bool = False
+    #: Per defect label, the union of the regions carrying it (RLE as ``mask_rle``): what the
+    #: defect-type classifier learns from. Empty without labelled regions, and in old records.
+    label_masks: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         """Canonical JSON (sorted keys), so equal corrections give equal text."""
@@ -58,6 +61,10 @@ class Correction:
         if missing:
             raise ValueError(f"stored correction lacks {sorted(missing)}")
         return cls(**{k: v for k, v in data.items() if k in known})
+
+    def label_mask(self, label: str) -> np.ndarray:
+        """The bool mask of the regions labelled ``label`` (see ``label_masks``)."""
+        return decode_rle(self.label_masks[label])
 
     def mask(self, shape: tuple[int, int] | None = None) -> np.ndarray:
         """The defect mask as bool (h, w); ``shape`` is needed when no size was ever known."""
@@ -152,6 +159,7 @@ def correction_from_event(
         raise ValueError(f"annotation {annotation_id}: 'result' must be a list")
     try:
         mask, labels = rasterise(result, image_name)
+        by_label = rasterise_by_label(result, image_name)
     except ValueError as exc:
         raise ValueError(f"annotation {annotation_id}: {exc}") from exc
     return Correction(
@@ -168,6 +176,7 @@ def correction_from_event(
         was_cancelled=bool(annotation.get("was_cancelled", False)),
         ground_truth=bool(annotation.get("ground_truth", False)),
         has_defect=bool(mask is not None and mask.any()),
+        label_masks={label: encode_rle(m) for label, m in by_label.items()},
     )
 
 

@@ -37,6 +37,13 @@ from correction_loop.store import CorrectionStore
 from labelstudio.fetch import ImageFetcher
 from labelstudio.settings import FetchSettings, api_key_from_env
 from training.datasets import iter_labeled, load_samples
+from training.defect_types import (
+    TypeExample,
+    fit_types,
+    predicted_examples,
+    type_accuracy,
+    type_examples,
+)
 from training.head_check import pipeline_shapes
 from training.region_metrics import head_region_metrics
 from training.trainer import (
@@ -190,6 +197,8 @@ def _retrain(
     if held_out:  # both heads on the same held-out corrections
         metrics = judge_head(pipeline, result.head, held_out)
         serving_metrics = judge_head(pipeline, current, held_out)
+    learn_types(pipeline, result.head, current, train_items, held_items, fetcher, cache,
+                metrics, serving_metrics)  # fmt: skip
     extra = {"project": project, "reason": reason, "train": len(train), "held_out": len(held_out)}
     candidate = registry.register(
         result.head,
@@ -243,6 +252,61 @@ def judge_head(
         **evaluate_head(pipeline, head, held_out)["mean"],
         **head_region_metrics(pipeline, head, held_out),
     }
+
+
+def learn_types(
+    pipeline: Pipeline,
+    candidate: AnomalyHead,
+    serving: AnomalyHead,
+    train: list[Correction],
+    held_out: list[Correction],
+    fetcher: ImageFetcher,
+    cache: Path,
+    metrics: dict[str, float],
+    serving_metrics: dict[str, float] | None,
+) -> None:
+    """Fit the defect-type classifier on the labelled regions of ``train`` into ``candidate``
+    (it keeps the one it was warm-started with when fewer than two labels were corrected), and
+    report both heads' type accuracy on ``held_out``'s regions (``type_accuracy``; for the
+    record, the promotion gate does not use it)."""
+    examples = _type_examples(pipeline, train, fetcher, cache, predicted=True)
+    classifier = fit_types(examples)
+    if classifier is not None:
+        candidate.type_classifier = classifier
+    held = _type_examples(pipeline, held_out, fetcher, cache)
+    labels = sorted({e.label for e in examples + held})
+    if len(labels) < 2 or not held:
+        return
+    accuracy = type_accuracy(pipeline, candidate.type_classifier, held, labels)
+    if accuracy is not None:
+        metrics["type_accuracy"] = accuracy
+    before = type_accuracy(pipeline, serving.type_classifier, held, labels)
+    if serving_metrics is not None and before is not None:
+        serving_metrics["type_accuracy"] = before
+
+
+def _type_examples(
+    pipeline: Pipeline,
+    corrections: list[Correction],
+    fetcher: ImageFetcher,
+    cache: Path,
+    predicted: bool = False,
+) -> list[TypeExample]:
+    """The corrected regions of ``corrections``; with ``predicted``, also the regions the
+    pipeline predicts on those images, labelled by the corrections they lie on."""
+    examples: list[TypeExample] = []
+    for correction in corrections:
+        if not correction.label_masks:
+            continue
+        try:
+            image = load_image(_cached_fetch(correction.image, correction.task_id, fetcher, cache))
+            masks = {label: correction.label_mask(label) for label in correction.label_masks}
+            examples += type_examples(pipeline, image, masks, correction.category)
+            if predicted:
+                examples += predicted_examples(pipeline, image, masks, correction.category)
+        except Exception as exc:  # one bad image must not sink the whole job
+            logger.warning("correction %s: no type examples: %s", correction.annotation_id, exc)
+    return examples
 
 
 def _prepare(

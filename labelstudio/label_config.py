@@ -40,9 +40,13 @@ class ControlSpec:
     kind: str  # one of SUPPORTED_CONTROLS
     from_name: str
     to_name: str
-    label: str = ""  # the defect label (labels controls)
-    defective: str = ""  # the choice for a defective image (Choices)
+    label: str = ""  # the defect label (labels controls): the first, or CLIPSAM_DEFECT_LABEL
+    defective: str = ""  # the choice for a defective image (verdict Choices)
     good: str = ""  # the choice for a good image (Choices)
+    #: Defect types to choose among per region (labels controls with several defect labels)
+    #: or per image (a Choices control of types); empty: one label for every region.
+    types: tuple[str, ...] = ()
+    multiple: bool = False  # a Choices control that takes several values (choice="multiple")
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,11 @@ class LabelSpec:
     image_name: str
     data_key: str  # task["data"][data_key] holds the image reference
     controls: tuple[ControlSpec, ...]
+
+    @property
+    def types(self) -> tuple[str, ...]:
+        """Every defect type some control chooses among, in config order (none: no typing)."""
+        return tuple(dict.fromkeys(t for control in self.controls for t in control.types))
 
 
 @lru_cache(maxsize=64)
@@ -64,8 +73,9 @@ def parse_label_config(config: str, defect_label: str | None = None) -> LabelSpe
         targets = [name for name in control.to_name if name in images]
         if control.tag not in SUPPORTED_CONTROLS or not targets:
             continue
+        multiple = str(getattr(control, "attr", {}).get("choice", "")).lower() == "multiple"
         spec = _control_spec(control.tag, control.name, targets[0], list(control.labels or []),
-                             defect_label)  # fmt: skip
+                             defect_label, multiple)  # fmt: skip
         if spec is not None:
             controls.append(spec)
     if not controls:
@@ -120,34 +130,61 @@ def _interface(config: str) -> LabelInterface:
 
 
 def _control_spec(
-    kind: str, from_name: str, to_name: str, values: list[str], defect_label: str | None
+    kind: str,
+    from_name: str,
+    to_name: str,
+    values: list[str],
+    defect_label: str | None,
+    multiple: bool = False,
 ) -> ControlSpec | None:
     if kind == "Choices":
-        defective, good = _match_choice(values, DEFECTIVE_WORDS), _match_choice(values, GOOD_WORDS)
-        if not defective:
-            logger.warning(
-                "Choices %r has no value meaning 'defective' among %s; it is left empty",
-                from_name, values,
-            )  # fmt: skip
-            return None
-        return ControlSpec(kind, from_name, to_name, defective=defective, good=good)
+        return _choices_spec(from_name, to_name, values, multiple)
     if not values:
         logger.warning("%s %r has no labels; it is left empty", kind, from_name)
         return None
-    label = values[0]
     if defect_label:
         if defect_label not in values:
             raise LabelConfigError(
                 f"CLIPSAM_DEFECT_LABEL={defect_label!r} is not a label of {kind} {from_name!r}; "
                 f"its labels are: {', '.join(values)}"
             )
-        label = defect_label
-    return ControlSpec(kind, from_name, to_name, label=label)
+        return ControlSpec(kind, from_name, to_name, label=defect_label)
+    types = _defect_types(values)
+    label = types[0] if types else values[0]
+    return ControlSpec(kind, from_name, to_name, label=label,
+                       types=types if len(types) >= 2 else ())  # fmt: skip
+
+
+def _choices_spec(
+    from_name: str, to_name: str, values: list[str], multiple: bool
+) -> ControlSpec | None:
+    """A verdict (a value meaning "defective") or, failing that, a list of defect types."""
+    defective, good = _match_choice(values, DEFECTIVE_WORDS), _match_choice(values, GOOD_WORDS)
+    if defective:
+        return ControlSpec("Choices", from_name, to_name, defective=defective, good=good)
+    types = _defect_types(values)
+    if len(types) < 2:
+        logger.warning(
+            "Choices %r has neither a value meaning 'defective' nor two defect types among %s; "
+            "it is left empty", from_name, values,
+        )  # fmt: skip
+        return None
+    return ControlSpec("Choices", from_name, to_name, good=good, types=types, multiple=multiple)
+
+
+def _defect_types(values: list[str]) -> tuple[str, ...]:
+    """The values that name a kind of defect: all but those meaning "good"."""
+    good = {_normalise(w) for w in GOOD_WORDS}
+    return tuple(v for v in values if _normalise(v) not in good)
+
+
+def _normalise(value: str) -> str:
+    return re.sub(r"[\s_-]+", " ", value).strip().lower()
 
 
 def _match_choice(values: list[str], words: tuple[str, ...]) -> str:
     """The first config value whose normalised text is one of ``words`` (in ``words`` order)."""
-    normalised = {re.sub(r"[\s_-]+", " ", v).strip().lower(): v for v in values}
+    normalised = {_normalise(v): v for v in values}
     for word in words:
         if word in normalised:
             return normalised[word]

@@ -92,8 +92,11 @@ def predict_images(
         if task.image is not None:
             groups.setdefault(task.category, []).append(index)
     for category, indices in groups.items():
+        images = [tasks[i].image for i in indices]
         with lock or contextlib.nullcontext():
-            predictions = pipeline.predict([tasks[i].image for i in indices], category)
+            predictions = pipeline.predict(images, category)
+            if spec.types:  # several defect labels: each region gets its most likely one
+                pipeline.type_regions(images, predictions, spec.types, category)
         for index, prediction in zip(indices, predictions, strict=True):
             outcomes[index] = (
                 prediction,

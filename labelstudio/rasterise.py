@@ -28,6 +28,34 @@ REGION_TYPES = frozenset(
 
 def rasterise(items: list[Any], image_name: str | None) -> tuple[Mask | None, list[str]]:
     """Union mask of the region items on ``image_name`` (all images when None), and labels."""
+    size, regions, labels = _regions(items, image_name)
+    if size is None:
+        return None, labels
+    mask = np.zeros(size, dtype=bool)
+    for item in regions:
+        mask |= _draw(item, size)
+    return mask, labels
+
+
+def rasterise_by_label(items: list[Any], image_name: str | None) -> dict[str, Mask]:
+    """One mask per label: the union of the regions that carry exactly that one label (what a
+    defect-type classifier learns from); regions with no label or several are left out."""
+    size, regions, _ = _regions(items, image_name)
+    masks: dict[str, Mask] = {}
+    if size is None:
+        return masks
+    for item in regions:
+        names = (item.get("value") or {}).get(str(item["type"]).lower()) or []
+        if len(names) == 1 and isinstance(names[0], str):
+            drawn = _draw(item, size)
+            masks[names[0]] = masks[names[0]] | drawn if names[0] in masks else drawn
+    return {label: mask for label, mask in masks.items() if mask.any()}
+
+
+def _regions(
+    items: list[Any], image_name: str | None
+) -> tuple[tuple[int, int] | None, list[dict[str, Any]], list[str]]:
+    """(image size, the region items on ``image_name``, every label named), validated."""
     labels: list[str] = []
     size: tuple[int, int] | None = None
     regions: list[dict[str, Any]] = []
@@ -54,19 +82,17 @@ def rasterise(items: list[Any], image_name: str | None) -> tuple[Mask | None, li
             if "original_height" not in item or "original_width" not in item:
                 raise ValueError(f"{kind} item without original_width/original_height")
             regions.append(item)
-    if size is None:
-        return None, labels
-    mask = np.zeros(size, dtype=bool)
-    for item in regions:
-        kind = item["type"].lower()
-        value = item.get("value") or {}
-        if kind.startswith("brush"):
-            mask |= _brush(value, size)
-        elif kind.startswith("polygon"):
-            mask |= _polygon(value, size)
-        else:
-            mask |= _rectangle(value, size)
-    return mask, labels
+    return size, regions, labels
+
+
+def _draw(item: dict[str, Any], size: tuple[int, int]) -> Mask:
+    kind = item["type"].lower()
+    value = item.get("value") or {}
+    if kind.startswith("brush"):
+        return _brush(value, size)
+    if kind.startswith("polygon"):
+        return _polygon(value, size)
+    return _rectangle(value, size)
 
 
 def _brush(value: dict[str, Any], size: tuple[int, int]) -> Mask:

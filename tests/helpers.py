@@ -73,8 +73,10 @@ def annotation_event(
     category: str = "widget",
     project: int = 3,
     action: str = "ANNOTATION_CREATED",
+    label: str = "Defect",
 ) -> dict:
-    """A webhook payload as Label Studio 1.23 sends it: the person's brush mask (none = good)."""
+    """A webhook payload as Label Studio 1.23 sends it: the person's brush mask (none = good)
+    with its ``label``."""
     height, width = mask.shape
     result = []
     if mask.any():
@@ -82,7 +84,7 @@ def annotation_event(
         result.append({
             "id": f"r{annotation_id}", "type": "brushlabels", "from_name": "defect",
             "to_name": "image", "original_width": width, "original_height": height,
-            "value": {"format": "rle", "rle": [int(v) for v in rle], "brushlabels": ["Defect"]},
+            "value": {"format": "rle", "rle": [int(v) for v in rle], "brushlabels": [label]},
         })  # fmt: skip
     result.append({
         "id": f"v{annotation_id}", "type": "choices", "from_name": "verdict", "to_name": "image",

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clipsam.calibration import Thresholds
+from clipsam.defect_types import TypeClassifier
 
 
 class AnomalyHead(nn.Module):
@@ -29,6 +30,9 @@ class AnomalyHead(nn.Module):
         #: Operating points chosen on held-out data (``clipsam.calibration``); saved with the
         #: head, and the pipeline normalises its maps so they sit at 0.5. None: uncalibrated.
         self.thresholds: Thresholds | None = None
+        #: Defect types learned from corrected regions (``clipsam.defect_types``); saved in the
+        #: head file's metadata. None: regions are typed zero-shot.
+        self.type_classifier: TypeClassifier | None = None
 
     #: Set by each head's constructor.
     grid: int

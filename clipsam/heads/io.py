@@ -19,6 +19,7 @@ from safetensors.torch import load_model, save_model
 from clipsam.atomic import atomic_path
 from clipsam.calibration import Thresholds
 from clipsam.config import HeadConfig
+from clipsam.defect_types import TypeClassifier
 from clipsam.heads.base import AnomalyHead
 from clipsam.heads.linear import LinearHead, load_aprilgan_state
 from clipsam.heads.umci import UMCIHead
@@ -82,6 +83,8 @@ def save_head(
         }
         if head.thresholds is not None:
             metadata["thresholds"] = head.thresholds.to_dict()
+        if head.type_classifier is not None:
+            metadata["types"] = head.type_classifier.to_dict()
         save_model(head, tmp_name, metadata={_META_KEY: json.dumps(metadata)})
     head.version = version
     return version
@@ -129,6 +132,7 @@ def load_head(path: str | Path, backbone_id: str | None = None) -> AnomalyHead:
         raise HeadLoadError(f"{path}: weights do not fit a {metadata['head']} head: {exc}") from exc
     head.version = metadata["version"]
     head.thresholds = Thresholds.from_dict(metadata.get("thresholds"))
+    head.type_classifier = TypeClassifier.from_dict(metadata.get("types"))
     return head.eval()
 
 
@@ -144,12 +148,16 @@ def head_from_aprilgan(path: str | Path, backbone_id: str, grid: int = 37) -> Li
 
 
 def _content_digest(weights_file: str, head: AnomalyHead) -> str:
-    """The weights' digest; with thresholds, of both (a recalibrated head is a new version)."""
+    """The weights' digest; with thresholds or defect types, of all of them (a recalibrated
+    head, or one that learned types, is a new version)."""
     digest = _file_digest(weights_file)
-    if head.thresholds is None:
+    if head.thresholds is None and head.type_classifier is None:
         return digest
-    thresholds = json.dumps(head.thresholds.to_dict(), sort_keys=True)
-    return hashlib.sha256(f"{digest}:{thresholds}".encode()).hexdigest()
+    thresholds = json.dumps(head.thresholds.to_dict() if head.thresholds else None, sort_keys=True)
+    if head.type_classifier is None:  # the digest heads had before types existed
+        return hashlib.sha256(f"{digest}:{thresholds}".encode()).hexdigest()
+    types = json.dumps(head.type_classifier.to_dict(), sort_keys=True)
+    return hashlib.sha256(f"{digest}:{thresholds}:{types}".encode()).hexdigest()
 
 
 def _file_digest(path: str | Path) -> str:

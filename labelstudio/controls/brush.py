@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from label_studio_sdk.converter.brush import mask2rle
 
-from labelstudio.controls.common import region_item
+from labelstudio.controls.common import region_item, region_label
 from labelstudio.label_config import ControlSpec
 
 if TYPE_CHECKING:  # annotations only: converting needs no torch
@@ -19,7 +19,8 @@ def brush_items(
 ) -> list[dict[str, Any]]:
     items = []
     for index, region in enumerate(prediction.regions):
+        label, score = region_label(region, control)
         rle = mask2rle(region.mask.astype(np.uint8) * 255)
-        value = {"format": "rle", "rle": [int(v) for v in rle], "brushlabels": [control.label]}
-        items.append(region_item(prediction, control, "brushlabels", index, value, region.score))
+        value = {"format": "rle", "rle": [int(v) for v in rle], "brushlabels": [label]}
+        items.append(region_item(prediction, control, "brushlabels", index, value, score))
     return items

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from labelstudio.label_config import ControlSpec
 
 if TYPE_CHECKING:  # annotations only: converting needs no torch
-    from clipsam import Prediction
+    from clipsam import Prediction, Region
 
 
 def region_item(
@@ -26,3 +26,19 @@ def region_item(
         "value": value,
         "score": round(float(score), 4),
     }
+
+
+def region_label(region: Region, control: ControlSpec) -> tuple[str, float]:
+    """The label a region gets in ``control``, and the item's score.
+
+    With several defect types, its most likely type among the control's labels and that
+    probability (renormalised over them); otherwise the control's defect label and the region's
+    anomaly score.
+    """
+    if control.types and region.label_probs:
+        probs = {t: region.label_probs.get(t, 0.0) for t in control.types}
+        total = sum(probs.values())
+        if total > 0:
+            best = max(control.types, key=lambda t: probs[t])  # ties: config order
+            return best, probs[best] / total
+    return control.label, region.score

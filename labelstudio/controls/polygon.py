@@ -8,7 +8,7 @@ import numpy as np
 import numpy.typing as npt
 from skimage import measure
 
-from labelstudio.controls.common import region_item
+from labelstudio.controls.common import region_item, region_label
 from labelstudio.label_config import ControlSpec
 
 if TYPE_CHECKING:  # annotations only: converting needs no torch
@@ -24,13 +24,12 @@ def polygon_items(
     height, width = prediction.anomaly_map.shape
     items: list[dict[str, Any]] = []
     for region in prediction.regions:
+        label, score = region_label(region, control)
         for contour in _outer_contours(region.mask):
             points = [[100.0 * x / width, 100.0 * y / height] for y, x in contour]
-            value = {"points": points, "closed": True, "polygonlabels": [control.label]}
+            value = {"points": points, "closed": True, "polygonlabels": [label]}
             index = len(items)
-            items.append(
-                region_item(prediction, control, "polygonlabels", index, value, region.score)
-            )
+            items.append(region_item(prediction, control, "polygonlabels", index, value, score))
     return items
 
 

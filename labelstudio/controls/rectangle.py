@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from labelstudio.controls.common import region_item
+from labelstudio.controls.common import region_item, region_label
 from labelstudio.label_config import ControlSpec
 
 if TYPE_CHECKING:  # annotations only: converting needs no torch
@@ -17,6 +17,7 @@ def rectangle_items(
     height, width = prediction.anomaly_map.shape
     items = []
     for index, region in enumerate(prediction.regions):
+        label, score = region_label(region, control)
         x0, y0, x1, y1 = region.bbox
         value = {
             "x": 100.0 * x0 / width,
@@ -24,9 +25,7 @@ def rectangle_items(
             "width": 100.0 * (x1 - x0) / width,
             "height": 100.0 * (y1 - y0) / height,
             "rotation": 0,
-            "rectanglelabels": [control.label],
+            "rectanglelabels": [label],
         }
-        items.append(
-            region_item(prediction, control, "rectanglelabels", index, value, region.score)
-        )
+        items.append(region_item(prediction, control, "rectanglelabels", index, value, score))
     return items

@@ -321,3 +321,54 @@ def test_oversized_bodies_are_refused(backend):
 def test_openapi_schema_documents_the_protocol(backend):
     paths = backend().get("/openapi.json").json()["paths"]
     assert {"/health", "/setup", "/predict", "/webhook", "/versions"} <= set(paths)
+
+
+CONFIG_TYPES = """
+<View>
+  <Image name="photo" value="$photo"/>
+  <BrushLabels name="brush" toName="photo">
+    <Label value="Scratch"/><Label value="Crack"/><Label value="Stain"/>
+  </BrushLabels>
+  <RectangleLabels name="box" toName="photo"><Label value="Crack"/><Label value="Stain"/></RectangleLabels>
+  <Choices name="kind" toName="photo"><Choice value="Scratch"/><Choice value="Crack"/><Choice value="Stain"/></Choices>
+</View>"""
+
+
+def _always(label: str, labels: tuple[str, ...]):
+    """A type classifier whose only opinion is ``label`` (a huge intercept on it)."""
+    from clipsam.defect_types import TypeClassifier, _Expert
+
+    def expert(dim: int) -> _Expert:
+        intercept = np.array([50.0 if name == label else 0.0 for name in labels])
+        return _Expert(np.zeros(dim), np.ones(dim), np.zeros((len(labels), dim)), intercept)
+
+    return TypeClassifier(labels, expert(64), expert(5), (1,) * len(labels))
+
+
+def test_several_defect_labels_type_each_region(backend, image_server, blob_pipeline):
+    url, folder = image_server
+    client = backend()
+    task = {"id": 1, "data": {"photo": f"{url}/{_png(folder, 't.png')}"}}
+    [prediction] = _predict(client, [task], CONFIG_TYPES).json()["results"]
+    image = np.asarray(Image.open(folder / "t.png"))
+    [expected] = blob_pipeline.predict([image], "widget")
+    blob_pipeline.type_regions([image], [expected], ["Scratch", "Crack", "Stain"], "widget")
+    brushes = [i for i in prediction["result"] if i["type"] == "brushlabels"]
+    assert len(brushes) == len(expected.regions) == 2
+    for item, region in zip(brushes, expected.regions, strict=True):  # zero-shot, as served
+        assert item["value"]["brushlabels"] == [region.label]
+        assert item["score"] == pytest.approx(region.label_probs[region.label], abs=1e-4)
+    for item in prediction["result"]:
+        if item["type"] == "rectanglelabels":
+            assert item["value"]["rectanglelabels"][0] in ("Crack", "Stain")
+
+    # A head that learnt types decides instead of zero-shot, for every control and the choice.
+    head = blob_pipeline.head
+    head.type_classifier = _always("Stain", ("Crack", "Scratch", "Stain"))
+    try:
+        [prediction] = _predict(client, [task], CONFIG_TYPES).json()["results"]
+    finally:
+        head.type_classifier = None
+    labels = {item["type"]: item["value"][item["type"]] for item in prediction["result"]}
+    assert labels == {"brushlabels": ["Stain"], "rectanglelabels": ["Stain"], "choices": ["Stain"]}
+    assert all(item["score"] == pytest.approx(1.0) for item in prediction["result"])

@@ -7,15 +7,21 @@ import threading
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from clipsam.data import load_mask, make_synthetic_dataset, read_mvtec
+from clipsam.data.world import render_sample
+from clipsam.heads import load_head
 from clipsam.images import load_image
+from clipsam.pipeline_cache import shared_pipeline
 from correction_loop.corrections import correction_from_event
 from correction_loop.registry import ModelRegistry
 from correction_loop.retrain import is_held_out, retrain_job
 from correction_loop.store import CorrectionStore
 from tests.helpers import annotation_event
+from training.defect_types import type_accuracy, type_examples
 
 
 class _CountingFiles(http.server.SimpleHTTPRequestHandler):
@@ -113,3 +119,55 @@ def test_a_small_project_still_holds_one_correction_out():
     assert split_corrections(corrections, 0.0) == (corrections, [])  # opted out: none
     alone_train, alone_held = split_corrections(corrections[:1], 0.02)
     assert len(alone_train) + len(alone_held) == 1  # one correction is never in both
+
+
+@pytest.mark.slow
+def test_a_job_learns_defect_types_from_labelled_regions(tmp_path, redis_server):
+    """Scratches and spots labelled as such: the new head carries a classifier of both, and it
+    types the held-out corrections' regions (shape tells a line from a blob even with random
+    CLIP weights); the same corrections with the labels swapped teach the opposite."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    samples = []
+    for index in range(16):
+        kind = ("scratch", "spot")[index % 2]
+        sample = render_sample("hex nut", rng, (128, 128), (kind,))
+        Image.fromarray(sample.image).save(folder / f"{index}.png")
+        samples.append((sample.mask, kind.capitalize()))
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), lambda *a, **k: _CountingFiles(*a, directory=str(folder), **k)
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    heads, held_out = {}, {}
+    try:
+        for run, swap in (("right", {}), ("swapped", {"Scratch": "Spot", "Spot": "Scratch"})):
+            store = CorrectionStore(redis_server)
+            for index, (mask, label) in enumerate(samples):
+                event = annotation_event(index + 1, index + 1, f"{url}/{index}.png", mask,
+                                         category="hex nut", label=swap.get(label, label))  # fmt: skip
+                store.upsert(correction_from_event(event))
+            model_dir = tmp_path / run
+            summary = _job(model_dir, redis_server)
+            head = load_head(ModelRegistry(model_dir).get(summary["version"]).path)
+            assert head.type_classifier is not None
+            assert head.type_classifier.labels == ("Scratch", "Spot")
+            assert sum(head.type_classifier.examples) >= 8
+            heads[run] = head
+            held_out[run] = summary["metrics"]["type_accuracy"]
+    finally:
+        server.shutdown()
+    pipeline = shared_pipeline("tiny", {"use_sam": False})  # the job's own
+    fresh = []
+    for index in range(8):  # new images, their true types
+        kind = ("scratch", "spot")[index % 2]
+        sample = render_sample("hex nut", rng, (128, 128), (kind,))
+        fresh += type_examples(pipeline, sample.image, {kind.capitalize(): sample.mask}, "hex nut")
+    accuracies = {
+        run: type_accuracy(pipeline, head.type_classifier, fresh, ["Scratch", "Spot"])
+        for run, head in heads.items()
+    }
+    print("held-out type accuracy", held_out, "on new images", accuracies)
+    assert held_out["right"] >= 0.8 and accuracies["right"] >= 0.8, (held_out, accuracies)
+    assert accuracies["swapped"] <= 0.2, accuracies  # it learns what it is taught
