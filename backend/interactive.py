@@ -9,6 +9,7 @@ the pipeline lock only while SAM runs (the image is fetched before).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from typing import Any
@@ -45,6 +46,9 @@ class InteractivePredictor:
     def predict(self, tasks: list[dict[str, Any]], context: Any, config: str) -> dict[str, Any]:
         """``{"results": [one prediction]}``; HTTPException 422/503 says what is wrong."""
         started = time.perf_counter()
+        if isinstance(context, dict) and logger.isEnabledFor(logging.DEBUG):
+            shown = {k: v for k, v in context.items() if not k.startswith("project_credentials")}
+            logger.debug("interactive context: %s", json.dumps(shown, default=str))
         try:
             target = interactive_config(config, self.settings.defect_label)
             prompts = read_context(context, target)
