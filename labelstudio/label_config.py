@@ -149,6 +149,9 @@ def _control_spec(
                 f"its labels are: {', '.join(values)}"
             )
         return ControlSpec(kind, from_name, to_name, label=defect_label)
+    generic = _match_choice(values, DEFECTIVE_WORDS)
+    if generic:  # a catch-all "Defect" label: every region gets it, as the author intended
+        return ControlSpec(kind, from_name, to_name, label=generic)
     types = _defect_types(values)
     label = types[0] if types else values[0]
     return ControlSpec(kind, from_name, to_name, label=label,

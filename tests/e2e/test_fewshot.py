@@ -2,6 +2,10 @@
 change the next prediction of their category without a retrain; deleting the annotations
 restores it. Its own category ("gizmo"), so the other end-to-end tests never see the memory.
 
+Label Studio predicts a task once per ``model_version``, and the memory does not change the
+version, so "the next prediction" is that of a task not predicted before: each look at the
+memory imports the same query image as a new task.
+
 Run: ``.venv/bin/python -m pytest tests/e2e/test_fewshot.py -m labelstudio -q -x``.
 """
 
@@ -56,41 +60,38 @@ def test_good_annotations_change_the_next_prediction_without_a_retrain(
     ls = label_studio.client
     project = ls.projects.create(title="ClipSAM few-shot", label_config=LABEL_CONFIG)
     assert project.id is not None
-    urls = [image_server.add(f"gizmo_{i}.png", _png(i)) for i in range(4)]
+    references = [image_server.add(f"gizmo_{i}.png", _png(i)) for i in range(1, 4)]
+    query_url = image_server.add("gizmo_0.png", _png(0))
     imported = ls.projects.import_tasks(
         id=project.id,
-        request=[{"image": url, "category": CATEGORY} for url in urls],
+        request=[{"image": url, "category": CATEGORY} for url in references],
         return_task_ids=True,
     )
     assert imported.task_ids is not None
-    tasks = list(imported.task_ids)
-    query = tasks[0]
     ml = ls.ml.create(project=project.id, url=backend.url, title="ClipSAM", is_interactive=False)
     assert ml.state == "CO", f"backend not connected: {ml}\n{backend.log_tail()}"
     version = backend.health()["model_version"]
-    seen: set[int] = set()
 
-    def next_prediction() -> Any:
-        """Ask Label Studio for the query task's prediction again; the newest one it stores."""
+    def predict_query() -> Any:
+        """A new task showing the query image, predicted now. Label Studio never predicts a
+        task again for the same model_version, so each look at the memory is a new task."""
+        [task] = ls.projects.import_tasks(
+            id=project.id, request=[{"image": query_url, "category": CATEGORY}],
+            return_task_ids=True,
+        ).task_ids or []  # fmt: skip
         ls.actions.create(id="retrieve_tasks_predictions", project=project.id,
-                          selected_items={"all": False, "included": [query]})  # fmt: skip
-        fresh = [p for p in ls.predictions.list(task=query) if p.id not in seen]
-        if not fresh:
-            return None
-        newest = max(fresh, key=lambda p: p.id)
-        seen.update(p.id for p in fresh)
-        return newest
+                          selected_items={"all": False, "included": [task]})  # fmt: skip
+        return wait_for(lambda: ls.predictions.list(task=task), TIMEOUT, "a prediction",
+                        interval=1.0, context=backend.log_tail)[0]  # fmt: skip
 
-    first = wait_for(next_prediction, TIMEOUT, "a first prediction", interval=1.0,
-                     context=backend.log_tail)  # fmt: skip
-
+    first = predict_query()
     good = [{"id": "v", "type": "choices", "from_name": "verdict", "to_name": "image",
              "original_width": 96, "original_height": 96, "value": {"choices": ["Good"]}}]  # fmt: skip
-    annotations = [ls.annotations.create(id=task, result=good) for task in tasks]
+    annotations = [ls.annotations.create(id=task, result=good) for task in imported.task_ids]
 
     def changed() -> Any:
-        latest = next_prediction()
-        return latest if latest is not None and latest.result != first.result else None
+        latest = predict_query()
+        return latest if latest.result != first.result else None
 
     second = wait_for(changed, TIMEOUT, "a prediction with the normal memory", interval=2.0,
                       context=backend.log_tail)  # fmt: skip
@@ -103,8 +104,8 @@ def test_good_annotations_change_the_next_prediction_without_a_retrain(
         ls.annotations.delete(id=annotation.id)
 
     def restored() -> Any:
-        latest = next_prediction()
-        return latest if latest is not None and latest.result == first.result else None
+        latest = predict_query()
+        return latest if latest.result == first.result else None
 
     wait_for(restored, TIMEOUT, "the prediction of before the annotations", interval=2.0,
              context=backend.log_tail)  # fmt: skip

@@ -74,3 +74,43 @@ def test_verdict_follows_the_threshold():
     spec = parse_label_config(config)
     assert to_results(_prediction(mask, 0.8), spec, 0.5)[0]["value"]["choices"] == ["Bad"]
     assert to_results(_prediction(mask, 0.3), spec, 0.5)[0]["value"]["choices"] == ["Good"]
+
+
+@pytest.mark.parametrize(
+    ("labels", "label", "types"),
+    [
+        (["Scratch", "Crack", "Stain"], "Scratch", ("Scratch", "Crack", "Stain")),
+        (["OK", "Scratch", "Crack"], "Scratch", ("Scratch", "Crack")),  # "good" is not a type
+        (["Other", "Defect"], "Defect", ()),  # a catch-all defect label wins
+        (["Hole"], "Hole", ()),
+    ],
+)
+def test_several_defect_labels_are_types_to_choose_among(labels, label, types):
+    tags = "".join(f'<Label value="{v}"/>' for v in labels)
+    config = f'<View><Image name="i" value="$x"/><BrushLabels name="b" toName="i">{tags}</BrushLabels></View>'
+    [control] = parse_label_config(config).controls
+    assert (control.label, control.types) == (label, types)
+
+
+def test_a_choices_control_of_types_gets_the_type_of_the_most_anomalous_region():
+    config = (
+        '<View><Image name="i" value="$x"/><Choices name="c" toName="i" choice="multiple">'
+        '<Choice value="Good"/><Choice value="Scratch"/><Choice value="Spot"/></Choices></View>'
+    )
+    [control] = parse_label_config(config).controls
+    assert (control.types, control.good, control.multiple) == (("Scratch", "Spot"), "Good", True)
+    mask = np.zeros((8, 8), dtype=bool)
+    mask[1:3, 1:3] = True
+    prediction = _prediction(mask, score=0.9)
+    prediction.regions[0].label_probs = {"Scratch": 0.2, "Spot": 0.8}
+    second = Region(mask, (1, 1, 3, 3), 0.95, "Scratch", {"Scratch": 0.6, "Spot": 0.4})
+    prediction.regions.append(second)
+    spec = parse_label_config(config)
+    [item] = to_results(prediction, spec, 0.5)
+    assert item["value"]["choices"] == ["Scratch", "Spot"]  # most anomalous region first
+    single = spec.controls[0].__class__(**{**vars(spec.controls[0]), "multiple": False})
+    [item] = to_results(prediction, spec.__class__(spec.image_name, spec.data_key, (single,)), 0.5)
+    assert item["value"]["choices"] == ["Scratch"] and item["score"] == pytest.approx(0.6)
+    prediction.score = 0.2  # a good verdict: the good choice
+    [item] = to_results(prediction, spec, 0.5)
+    assert item["value"]["choices"] == ["Good"]
