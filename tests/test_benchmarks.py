@@ -15,7 +15,15 @@ SCRIPTS = {
     "encoders.py": (["--arch", "tiny", "--repeats", "1"], "| SAM tiny |"),
     "decoder.py": (["--arch", "tiny", "--repeats", "1", "--components", "3"], "| ours, fp32 |"),
     "training.py": (["--arch", "tiny", "--images", "8", "--epochs", "1"], "s per epoch per 100"),
+    "interactive.py": (
+        ["--arch", "tiny", "--size", "128x128", "--clicks", "2", "--baseline-clicks", "1"],
+        "| ours, cached: 1 click |",
+    ),
     "fewshot.py": (["--categories", "carpet", "--per-category", "3", "--ks", "0,1"], "| 1 |"),
+    "defect_types.py": (
+        ["--categories", "tablet", "--test-per-type", "1", "--ks", "0", "1"],
+        "| k = 1 per type |",
+    ),
 }
 
 
