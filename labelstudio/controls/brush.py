@@ -1,12 +1,12 @@
-"""BrushLabels: one RLE brush item per region (label-studio-sdk's own encoder)."""
+"""BrushLabels: one RLE brush item per region (label-studio-sdk's format, encoded vectorised)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from label_studio_sdk.converter.brush import mask2rle
 
+from labelstudio.brush_rle import mask_to_rle
 from labelstudio.controls.common import region_item, region_label
 from labelstudio.label_config import ControlSpec
 
@@ -20,7 +20,7 @@ def brush_items(
     items = []
     for index, region in enumerate(prediction.regions):
         label, score = region_label(region, control)
-        rle = mask2rle(region.mask.astype(np.uint8) * 255)
-        value = {"format": "rle", "rle": [int(v) for v in rle], "brushlabels": [label]}
+        rle = mask_to_rle(region.mask.astype(np.uint8) * 255)
+        value = {"format": "rle", "rle": rle, "brushlabels": [label]}
         items.append(region_item(prediction, control, "brushlabels", index, value, score))
     return items
