@@ -71,7 +71,7 @@ def parse_label_config(config: str, defect_label: str | None = None) -> LabelSpe
     controls = []
     for control in interface.controls:
         targets = [name for name in control.to_name if name in images]
-        if control.tag not in SUPPORTED_CONTROLS or not targets:
+        if control.tag not in SUPPORTED_CONTROLS or not targets or _is_smart(control):
             continue
         multiple = str(getattr(control, "attr", {}).get("choice", "")).lower() == "multiple"
         spec = _control_spec(control.tag, control.name, targets[0], list(control.labels or []),
@@ -156,6 +156,18 @@ def _control_spec(
     label = types[0] if types else values[0]
     return ControlSpec(kind, from_name, to_name, label=label,
                        types=types if len(types) >= 2 else ())  # fmt: skip
+
+
+def _is_smart(control: Any) -> bool:
+    """A smart tool (``smart``/``smartOnly`` on the control or any label) prompts SAM; it is the
+    annotator's, so pre-annotation leaves it empty."""
+    attrs = [getattr(control, "attr", {}) or {}]
+    attrs += [getattr(tag, "attr", {}) or {} for tag in (getattr(control, "labels_attrs", None)
+                                                          or {}).values()]  # fmt: skip
+    return any(
+        str(a.get(key, "")).lower() in ("true", "1", "yes")
+        for a in attrs for key in ("smart", "smartOnly")
+    )  # fmt: skip
 
 
 def _choices_spec(

@@ -114,3 +114,21 @@ def test_a_choices_control_of_types_gets_the_type_of_the_most_anomalous_region()
     prediction.score = 0.2  # a good verdict: the good choice
     [item] = to_results(prediction, spec, 0.5)
     assert item["value"]["choices"] == ["Good"]
+
+
+@pytest.mark.parametrize(
+    "rectangle",
+    [
+        '<RectangleLabels name="r" toName="i" smart="true"><Label value="Defect"/></RectangleLabels>',
+        '<RectangleLabels name="r" toName="i" smartOnly="true"><Label value="Defect"/></RectangleLabels>',
+        '<RectangleLabels name="r" toName="i"><Label value="Defect" smart="true"/></RectangleLabels>',
+    ],
+)
+def test_smart_tools_are_left_to_the_annotator(rectangle):
+    config = (
+        f'<View><Image name="i" value="$x"/>{rectangle}'
+        '<BrushLabels name="b" toName="i"><Label value="Defect"/></BrushLabels></View>'
+    )
+    assert [c.from_name for c in parse_label_config(config).controls] == ["b"]
+    plain = config.replace(' smart="true"', "").replace(' smartOnly="true"', "")
+    assert [c.from_name for c in parse_label_config(plain).controls] == ["r", "b"]
