@@ -269,6 +269,9 @@ def learn_types(
     (it keeps the one it was warm-started with when fewer than two labels were corrected), and
     report both heads' type accuracy on ``held_out``'s regions (``type_accuracy``; for the
     record, the promotion gate does not use it)."""
+    named = {label for c in train + held_out if not c.was_cancelled for label in c.label_masks}
+    if len(named) < 2:  # one label ("Defect"): no types to tell apart, nothing to fetch
+        return
     examples = _type_examples(pipeline, train, fetcher, cache, predicted=True)
     classifier = fit_types(examples)
     if classifier is not None:

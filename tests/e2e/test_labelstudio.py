@@ -167,13 +167,27 @@ def test_predictions_for_all_tasks(
         assert path in image_server.requests, (path, image_server.requests)
 
 
-def _wait_for_events(backend: BackendServer, wanted: set[str]) -> list[dict[str, Any]]:
+def _wait_for_events(
+    backend: BackendServer, wanted: set[str], annotation_id: int | None = None
+) -> list[dict[str, Any]]:
+    """The stored events (about ``annotation_id`` only, when given: other tests of the session
+    annotate too) once every ``wanted`` action is among them, or at the timeout."""
     deadline = time.monotonic() + EVENT_TIMEOUT
     while True:
-        events = backend.events()
+        events = [e for e in backend.events() if annotation_id is None
+                  or annotation_id in _annotation_ids(e["payload"])]  # fmt: skip
         if wanted <= {e["action"] for e in events} or time.monotonic() > deadline:
             return events
         time.sleep(0.5)
+
+
+def _annotation_ids(payload: dict[str, Any]) -> set[Any]:
+    one = payload.get("annotation")
+    many = payload.get("annotations")
+    ids = {one.get("id")} if isinstance(one, dict) else set()
+    return (
+        ids | {a.get("id") for a in many if isinstance(a, dict)} if isinstance(many, list) else ids
+    )
 
 
 def test_annotation_events_reach_backend(
@@ -193,7 +207,7 @@ def test_annotation_events_reach_backend(
     ls.annotations.delete(id=annotation.id)
 
     wanted = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED"}
-    events = _wait_for_events(backend, wanted)
+    events = _wait_for_events(backend, wanted, annotation.id)
     actions = [e["action"] for e in events]
     assert wanted <= set(actions), f"events stored: {actions}\n{backend.log_tail()}"
 
