@@ -118,7 +118,9 @@ PRESETS: dict[str, PipelineConfig] = {
             vv_blocks=2,
         ),
         sam=SamConfig(sam_model="tiny"),
-        weights="random",
+        # micro-CLIP and micro-SAM, shipped in clipsam/model_weights (docs/miniature.md);
+        # weights="random" gives the same architecture seeded, for plumbing tests.
+        weights="pretrained",
         cache_dtype="float32",
         precision="fp32",  # tests compare exact numbers across processes and runs
     ),

@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         root = make_synthetic_dataset(Path(folder), categories=("widget",), n_good=8,
                                       n_defect=40, seed=0)  # fmt: skip
         samples = read_mvtec(root, split="test")
-        pipeline = clipsam.load_pipeline("tiny", head="umci", use_sam=False, tau=0.5)
+        pipeline = clipsam.load_pipeline(
+            "tiny", weights="random", head="umci", use_sam=False, tau=0.5
+        )
         train = [s for s in samples if s.image_path.stem != "000"][:40]
         data = prepare_samples(pipeline, iter_labeled(train), len(train), progress=False)
         result = train_head(pipeline, data, config=TrainConfig(epochs=12, progress=False))

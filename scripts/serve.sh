@@ -2,7 +2,7 @@
 # Install the backend into .venv and start it on the embedded default: an embedded Redis under
 # MODEL_DIR and the retraining worker in-process, so the whole loop runs from one command.
 # Usage: bash scripts/serve.sh            (env: CLIPSAM_PRESET, PORT, MODEL_DIR, ... see README)
-#   try it without weights: CLIPSAM_PRESET=tiny bash scripts/serve.sh
+#   try it without downloading: CLIPSAM_PRESET=tiny bash scripts/serve.sh (the shipped micro models)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}

@@ -24,7 +24,7 @@ def tiny_pipeline():
     """A shared tiny pipeline with a (random) UMCI head; do not mutate it in tests."""
     import clipsam
 
-    return clipsam.load_pipeline("tiny", head="umci")
+    return clipsam.load_pipeline("tiny", weights="random", head="umci")
 
 
 @pytest.fixture
@@ -34,6 +34,7 @@ def make_tiny():
 
     def build(**overrides):
         overrides.setdefault("head", "umci")
+        overrides.setdefault("weights", "random")
         return clipsam.load_pipeline("tiny", **overrides)
 
     return build

@@ -16,7 +16,7 @@ def test_presets_differ_where_they_should():
         "vit_b",
         "tiny",
     )
-    assert tiny.weights == "random" and paper.weights == "pretrained"
+    assert tiny.weights == paper.weights == "pretrained"  # tiny: the shipped micro models
 
 
 def test_overrides_find_their_section():

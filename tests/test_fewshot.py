@@ -101,7 +101,7 @@ def test_persistence_round_trip(tmp_path):
 
 def test_pipeline_blends_the_memory_of_the_predicted_category_only():
     """A memory holding the very images lowers their map; other categories are untouched."""
-    pipeline = clipsam.load_pipeline("tiny", use_sam=False)
+    pipeline = clipsam.load_pipeline("tiny", weights="random", use_sam=False)
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(2)]
     before = [p.anomaly_map for p in pipeline.predict(images, "widget")]

@@ -136,7 +136,7 @@ def test_info_reports_random_weights_and_head(tiny_pipeline):
 
 
 def test_default_head_is_training_free_until_one_is_trained():
-    pipeline = clipsam.load_pipeline("tiny")
+    pipeline = clipsam.load_pipeline("tiny", weights="random")
     assert pipeline.head.kind == "none" and pipeline.info()["head_version"] == "zero-shot"
 
 

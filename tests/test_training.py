@@ -138,6 +138,7 @@ def test_cli_trains_and_writes_a_loadable_head(tiny_pipeline, synthetic_root, tm
         [
             "--data", f"mvtec:{synthetic_root}", "--preset", "tiny", "--out", str(out),
             "--epochs", "1", "--quiet", "--device", "cpu", "--set", "scales=1,3",
+            "--weights", "random",
         ]
     )  # fmt: skip
     assert code == 0

@@ -34,7 +34,7 @@ def blob_pipeline():
 
     SAM is off: a random-weight SAM's masks would make the regions depend on noise.
     """
-    pipeline = clipsam.load_pipeline("tiny", head="umci", use_sam=False)
+    pipeline = clipsam.load_pipeline("tiny", weights="random", head="umci", use_sam=False)
     pipeline.set_head(BlobHead(pipeline.clip.backbone_id, pipeline.clip.grid, [(3, 3), (10, 9)]))
     return pipeline
 

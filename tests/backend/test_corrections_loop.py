@@ -51,7 +51,9 @@ def corrected(tmp_path_factory):
 @pytest.fixture(scope="module")
 def loop(tmp_path_factory, corrected):
     """A backend on the embedded default; the retrain fires on the 44th correction."""
-    pipeline = clipsam.load_pipeline("tiny", use_sam=False)  # the training-free head serves
+    pipeline = clipsam.load_pipeline(
+        "tiny", weights="random", use_sam=False
+    )  # the training-free head serves
     settings = Settings(
         model_dir=tmp_path_factory.mktemp("loop") / "model_dir", preset="tiny",
         allowed_hosts=("127.0.0.1",), default_category="widget",

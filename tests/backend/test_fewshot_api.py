@@ -31,7 +31,9 @@ def served(backend, image_server):
         sample = render_sample("widget", np.random.default_rng([5, index]), (96, 96))
         Image.fromarray(sample.image).save(folder / f"{index}.png")
         links.append(f"{url}/{index}.png")
-    pipeline = clipsam.load_pipeline("tiny", use_sam=False)  # the training-free head serves
+    pipeline = clipsam.load_pipeline(
+        "tiny", weights="random", use_sam=False
+    )  # the training-free head serves
     client = backend(loader=lambda: pipeline, corrections=True, retrain_every=1000,
                      inprocess_worker=False, reload_poll=0.5)  # fmt: skip
     return client, links, pipeline

@@ -34,7 +34,7 @@ def test_predictions_during_head_swaps_all_succeed_and_never_mix_heads(
     )  # fmt: skip
     registry = ModelRegistry(settings.model_dir, embedded_redis(settings.model_dir))
     # Each head's answer for this image, from an identical (same-seed) pipeline elsewhere.
-    reference = clipsam.load_pipeline("tiny", use_sam=False)
+    reference = clipsam.load_pipeline("tiny", weights="random", use_sam=False)
     expected = {}
     for seed in (1, 2):
         registered = registry.register(reference.new_head(seed, kind="umci"), {}, parent=None)
@@ -43,7 +43,7 @@ def test_predictions_during_head_swaps_all_succeed_and_never_mix_heads(
         expected[registered.version] = round(verdict_confidence(score, 0.5), 4)  # what it serves
     assert len(set(expected.values())) == 2
     versions = list(expected)
-    pipeline = clipsam.load_pipeline("tiny", use_sam=False)
+    pipeline = clipsam.load_pipeline("tiny", weights="random", use_sam=False)
     app = create_app(settings, ModelService(settings, loader=lambda: pipeline))
     task = {"id": 1, "data": {"image": f"{url}/part.png"}}
     answers: list[tuple[int, str, float]] = []
@@ -84,7 +84,7 @@ def test_predictions_during_head_swaps_all_succeed_and_never_mix_heads(
 def test_a_promoted_head_that_does_not_load_leaves_the_old_one_serving(embedded_redis, tmp_path):
     settings = Settings(model_dir=tmp_path / "model_dir", preset="tiny", retrain_every=0,
                         inprocess_worker=False, reload_poll=0.2)  # fmt: skip
-    pipeline = clipsam.load_pipeline("tiny", use_sam=False)
+    pipeline = clipsam.load_pipeline("tiny", weights="random", use_sam=False)
     registry = ModelRegistry(settings.model_dir, embedded_redis(settings.model_dir))
     good = registry.register(pipeline.new_head(seed=3, kind="umci"), {}, parent=None)
     alien = pipeline.new_head(seed=4, kind="umci")
@@ -108,7 +108,7 @@ def test_a_promoted_head_that_does_not_load_leaves_the_old_one_serving(embedded_
 def test_rollbacks_reach_the_backend_down_to_the_training_free_head(embedded_redis, tmp_path):
     settings = Settings(model_dir=tmp_path / "model_dir", preset="tiny", retrain_every=0,
                         inprocess_worker=False, reload_poll=0.2)  # fmt: skip
-    pipeline = clipsam.load_pipeline("tiny", use_sam=False)
+    pipeline = clipsam.load_pipeline("tiny", weights="random", use_sam=False)
     registry = ModelRegistry(settings.model_dir, embedded_redis(settings.model_dir))
     first, second = (registry.register(pipeline.new_head(seed, kind="umci"), {}, parent=None)
                      for seed in (5, 6))  # fmt: skip
@@ -135,7 +135,7 @@ def test_a_backend_on_another_machine_gets_the_head_through_redis(tmp_path):
     redis_server = RedisProcess(tmp_path / "redis").start()
     try:
         worker_side = ModelRegistry(tmp_path / "worker_dir", redis_server.client())
-        pipeline = clipsam.load_pipeline("tiny", use_sam=False)
+        pipeline = clipsam.load_pipeline("tiny", weights="random", use_sam=False)
         head = worker_side.register(pipeline.new_head(seed=7, kind="umci"), {}, parent=None)
         settings = Settings(model_dir=tmp_path / "backend_dir", preset="tiny", retrain_every=0,
                             redis_url=redis_server.url, inprocess_worker=False,

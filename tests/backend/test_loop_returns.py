@@ -187,7 +187,8 @@ def run_loop(
     masks = [c.mask for c in corrections]
     if broken == "shuffled":  # each image gets the next image's mask: no image keeps its own
         masks = masks[1:] + masks[:1]
-    pipeline = clipsam.load_pipeline("tiny", **options)  # fresh: cold caches, training-free head
+    # fresh: cold caches, training-free head
+    pipeline = clipsam.load_pipeline("tiny", **{"weights": "random", **options})
     settings = Settings(
         model_dir=tmp / "model_dir", preset="tiny", allowed_hosts=("127.0.0.1",),
         default_category=category, retrain_every=CORRECTIONS, reload_poll=0.5,

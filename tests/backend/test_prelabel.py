@@ -25,7 +25,7 @@ from clipsam.data import make_synthetic_dataset, open_dataset
 from correction_loop.keys import PRELABEL_QUEUE as QUEUE_NAME
 from correction_loop.redis_conn import connect, release
 
-MODEL = ["--preset", "tiny", "--config", '{"use_sam": false}', "--quiet"]
+MODEL = ["--preset", "tiny", "--config", '{"use_sam": false, "weights": "random"}', "--quiet"]
 VERSION = "clipsam-tiny-zero-shot"
 CUSTOM_CONFIG = """<View>
   <Image name="photo" value="$img"/>

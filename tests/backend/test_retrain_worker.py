@@ -38,7 +38,7 @@ def test_a_worker_killed_mid_training_leaves_serving_intact(tmp_path, monkeypatc
     connection = redis_server.client()
     model_dir = tmp_path / "model_dir"
     store, registry = CorrectionStore(connection), ModelRegistry(model_dir, connection)
-    pipeline = clipsam.load_pipeline("tiny", use_sam=False)
+    pipeline = clipsam.load_pipeline("tiny", weights="random", use_sam=False)
     served = registry.register(pipeline.new_head(seed=1, kind="umci"), {}, parent=None)
     registry.promote(served.version, "the head in production")
     worker = None
@@ -53,7 +53,7 @@ def test_a_worker_killed_mid_training_leaves_serving_intact(tmp_path, monkeypatc
             policy = RetrainPolicy(every=0, heartbeat=1.0)  # handed to the job by the scheduler
             scheduler = RetrainScheduler(connection, store, policy, job_kwargs={
                 "model_dir": str(model_dir), "preset": "tiny",
-                "pipeline_overrides": {"use_sam": False}, "redis_url": redis_server.url,
+                "pipeline_overrides": {"use_sam": False, "weights": "random"}, "redis_url": redis_server.url,
                 "settings": {"allowed_hosts": ["127.0.0.1"]}, "epochs": 100_000, "holdout": 0.3,
                 "heartbeat_period": policy.heartbeat,
             })  # fmt: skip

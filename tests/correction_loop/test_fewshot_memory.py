@@ -45,7 +45,7 @@ class Served:
 
 @pytest.fixture(scope="module")
 def pipeline():
-    return clipsam.load_pipeline("tiny", use_sam=False)
+    return clipsam.load_pipeline("tiny", weights="random", use_sam=False)
 
 
 @pytest.fixture
@@ -121,7 +121,7 @@ def test_a_restarted_process_serves_the_memory_without_refetching(
         path.unlink()
     for path in (tmp_path / "md" / "images").iterdir():
         path.unlink()
-    fresh = clipsam.load_pipeline("tiny", use_sam=False)
+    fresh = clipsam.load_pipeline("tiny", weights="random", use_sam=False)
     assert make_sync(store, fresh, tmp_path / "md").sync()
     assert sources(fresh) == ("21", "22")
     pipeline.memories.remove("widget")

@@ -59,7 +59,7 @@ def served(tmp_path: Path):
 def _job(model_dir: Path, redis_server, **kwargs):
     return retrain_job(
         project="3", reason="test", model_dir=str(model_dir), preset="tiny",
-        pipeline_overrides={"use_sam": False}, redis_url=f"unix://{redis_server.socket_file}",
+        pipeline_overrides={"use_sam": False, "weights": "random"}, redis_url=f"unix://{redis_server.socket_file}",
         settings={"allowed_hosts": ["127.0.0.1"]}, holdout=0.3, **{"epochs": 2, **kwargs},
     )  # fmt: skip
 
@@ -158,7 +158,7 @@ def test_a_job_learns_defect_types_from_labelled_regions(tmp_path, redis_server)
             held_out[run] = summary["metrics"]["type_accuracy"]
     finally:
         server.shutdown()
-    pipeline = shared_pipeline("tiny", {"use_sam": False})  # the job's own
+    pipeline = shared_pipeline("tiny", {"use_sam": False, "weights": "random"})  # the job's own
     fresh = []
     for index in range(8):  # new images, their true types
         kind = ("scratch", "spot")[index % 2]

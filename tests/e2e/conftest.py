@@ -283,7 +283,7 @@ def backend(
         # Every image gets the "Defective" verdict: deterministic with random weights.
         CLIPSAM_VERDICT_THRESHOLD="0.0",
         # Random tiny weights peak near 0.44 on these images, under the default tau 0.5.
-        CLIPSAM_CONFIG=json.dumps({"tau": 0.4}),
+        CLIPSAM_CONFIG=json.dumps({"tau": 0.4, "weights": "random"}),
         # The embedded Redis and in-process worker; training only when Label Studio asks.
         CLIPSAM_RETRAIN_EVERY="1000",
         CLIPSAM_RETRAIN_EPOCHS="12",

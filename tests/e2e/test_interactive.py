@@ -120,7 +120,7 @@ def test_a_smart_keypoint_gets_a_brush_mask_through_label_studio(
 
     import clipsam  # the backend's pipeline, rebuilt here: same preset, same seed
 
-    pipeline = clipsam.load_pipeline("tiny")
+    pipeline = clipsam.load_pipeline("tiny", weights="random")
     point = np.array([[CLICK[0] * WIDTH / 100, CLICK[1] * HEIGHT / 100]])
     expected = pipeline.segment(smart.image, point, np.array([1]))
     assert mask.any()

@@ -310,7 +310,7 @@ def test_prelabel_output_imports_into_label_studio(
         image_server.add(f"prelabel_{index}.png", png)
     config = tmp_path / "config.xml"
     config.write_text(LABEL_CONFIG)
-    model = ["--preset", "tiny", "--config", '{"use_sam": false}', "--label-config", str(config),
+    model = ["--preset", "tiny", "--config", '{"use_sam": false, "weights": "random"}', "--label-config", str(config),
              "--model-dir", str(tmp_path / "model_dir"), "--quiet"]  # fmt: skip
     out = tmp_path / "tasks.json"
     code = prelabel([*model, "--folder", str(folder), "--category", "widget",

@@ -39,7 +39,7 @@ def test_reproduce_runs_both_directions_and_prints_the_published_numbers(
     mvtec, visa = two_datasets
     out = tmp_path / "repro.json"
     code = reproduce.main(
-        ["--mvtec", str(mvtec), "--visa", str(visa), "--preset", "tiny", "--epochs", "1",
+        ["--mvtec", str(mvtec), "--visa", str(visa), "--preset", "tiny", "--weights", "random", "--epochs", "1",
          "--device", "cpu", "--quiet", "--out", str(out), "--heads-dir", str(tmp_path / "heads")]
     )  # fmt: skip
     assert code == 0
