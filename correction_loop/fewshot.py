@@ -49,8 +49,8 @@ from clipsam.fewshot import (
 from clipsam.images import image_hash, load_image
 from clipsam.log_throttle import ThrottledWarning
 from correction_loop.corrections import Correction
+from correction_loop.image_cache import cached_fetch
 from correction_loop.reloader import ServedModel
-from correction_loop.retrain import _cached_fetch
 from correction_loop.store import CorrectionStore
 from labelstudio.fetch import ImageFetcher
 
@@ -188,7 +188,7 @@ class MemorySync:
         self._rebuild(pipeline, refs, memories)
 
     def _add_reference(self, pipeline: Pipeline, refs: Path, correction: Correction) -> None:
-        data = _cached_fetch(
+        data = cached_fetch(
             correction.image, correction.task_id, self.fetcher, self.model_dir / "images"
         )
         image = load_image(data)

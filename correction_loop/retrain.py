@@ -24,13 +24,13 @@ import redis
 from rq import get_current_job
 
 from clipsam import Pipeline
-from clipsam.atomic import atomic_write_bytes
 from clipsam.heads import AnomalyHead, load_head
 from clipsam.images import load_image
 from clipsam.pipeline_cache import shared_pipeline
 from correction_loop import keys
 from correction_loop.corrections import Correction
 from correction_loop.head_files import RegistryError
+from correction_loop.image_cache import cached_fetch
 from correction_loop.redis_conn import connect
 from correction_loop.registry import ModelRegistry
 from correction_loop.store import CorrectionStore
@@ -302,7 +302,7 @@ def _type_examples(
         if not correction.label_masks:
             continue
         try:
-            image = load_image(_cached_fetch(correction.image, correction.task_id, fetcher, cache))
+            image = load_image(cached_fetch(correction.image, correction.task_id, fetcher, cache))
             masks = {label: correction.label_mask(label) for label in correction.label_masks}
             examples += type_examples(pipeline, image, masks, correction.category)
             if predicted:
@@ -319,7 +319,7 @@ def _prepare(
         for correction in corrections:
             try:
                 image = load_image(
-                    _cached_fetch(correction.image, correction.task_id, fetcher, cache)
+                    cached_fetch(correction.image, correction.task_id, fetcher, cache)
                 )
                 mask = correction.mask(image.shape[:2])
             except Exception as exc:  # one bad image must not sink the whole job
@@ -328,14 +328,3 @@ def _prepare(
             yield image, mask, correction.category or ""
 
     return prepare_samples(pipeline, items(), len(corrections), progress=False)
-
-
-def _cached_fetch(reference: str, task_id: int, fetcher: ImageFetcher, cache: Path) -> bytes:
-    """Each image is fetched once per model dir; retrains read it from disk."""
-    path = cache / f"{hashlib.sha256(reference.encode()).hexdigest()[:40]}.img"
-    if path.is_file():
-        return path.read_bytes()
-    data = fetcher.fetch_bytes(reference, task_id=task_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, data, durable=False)  # a cache: lost, it is fetched again
-    return data
