@@ -206,7 +206,7 @@ def test_another_process_builds_the_same_tiny_backbone(tiny_pipeline):
 
     code = (
         "import clipsam, tests.test_pipeline as t; "
-        "print(t._backbone_digest(clipsam.load_pipeline('tiny')))"
+        "print(t._backbone_digest(clipsam.load_pipeline('tiny', weights='random')))"
     )
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run(
