@@ -72,6 +72,8 @@ class Settings:
     retrain_heartbeat: float = 30.0
     retrain_epochs: int = 10
     retrain_holdout: float = 0.2
+    #: Early stopping of retrains: epochs without a lower held-out loss (0: every epoch runs).
+    retrain_patience: int = 0
     #: Extra labelled datasets mixed into every retrain (``mvtec:PATH,visa:PATH``).
     base_data: tuple[str, ...] = ()
     #: Run retraining jobs inside this process (default: only with the embedded Redis).
@@ -150,6 +152,7 @@ class Settings:
             retrain_heartbeat=number("CLIPSAM_RETRAIN_HEARTBEAT", cls.retrain_heartbeat, float),
             retrain_epochs=number("CLIPSAM_RETRAIN_EPOCHS", cls.retrain_epochs),
             retrain_holdout=number("CLIPSAM_RETRAIN_HOLDOUT", cls.retrain_holdout, float),
+            retrain_patience=number("CLIPSAM_RETRAIN_PATIENCE", cls.retrain_patience),
             base_data=items("CLIPSAM_BASE_DATA"),
             inprocess_worker=_flag(text("CLIPSAM_INPROCESS_WORKER"), None),
             reload_poll=number("CLIPSAM_RELOAD_POLL", cls.reload_poll, float),

@@ -49,6 +49,7 @@ class LoopSettings:
     retrain_interval: float = 0.0
     retrain_epochs: int = 10
     retrain_holdout: float = 0.2
+    retrain_patience: int = 0  # 0: no early stopping
     retrain_heartbeat: float = 30.0
     #: Extra labelled datasets mixed into every retrain (``mvtec:PATH``...).
     base_data: tuple[str, ...] = ()
@@ -186,6 +187,7 @@ class CorrectionLoop:
             "settings": s.fetch.to_job(),  # nothing secret: workers read their own API key
             "epochs": s.retrain_epochs,
             "holdout": s.retrain_holdout,
+            "patience": s.retrain_patience or None,
             "base_data": list(s.base_data) or None,
             "heartbeat_period": s.retrain_heartbeat,  # the scheduler waits two of these
         }

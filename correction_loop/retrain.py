@@ -130,11 +130,15 @@ def retrain_job(
     seed: int = 0,
     min_steps: int | None = None,
     heartbeat_period: float = HEARTBEAT_SECONDS,
+    patience: int | None = None,
 ) -> dict[str, Any]:
     """Train from the serving head on the project's corrections; promote or reject.
 
     Small correction sets train more epochs, so that every retrain takes at least
     ``min_steps`` optimiser steps (default :data:`MIN_STEPS`).
+
+    ``patience``: stop after that many epochs without a lower loss on the held-out corrections
+    and keep the best epoch (``TrainConfig.patience``); None trains every epoch.
 
     ``settings``: how to fetch images (:meth:`FetchSettings.to_job`; this worker's environment
     when None); the Label Studio API key is always this worker's own.
@@ -147,7 +151,7 @@ def retrain_job(
     with heartbeat(connection, project, heartbeat_period):
         return _retrain(connection, project, reason, model_dir, preset, pipeline_overrides,
                         settings, epochs, holdout, base_data, seed,
-                        MIN_STEPS if min_steps is None else min_steps)  # fmt: skip
+                        MIN_STEPS if min_steps is None else min_steps, patience)  # fmt: skip
 
 
 def _retrain(
@@ -163,6 +167,7 @@ def _retrain(
     base_data: list[str] | None,
     seed: int,
     min_steps: int,
+    patience: int | None = None,
 ) -> dict[str, Any]:
     started = time.perf_counter()
     overrides = dict(pipeline_overrides or {})
@@ -188,7 +193,7 @@ def _retrain(
     serving = registry.serving()
     current = load_head(serving.path, pipeline.clip.backbone_id) if serving else pipeline.head
     init = current if has_parameters(current) else pipeline.new_head(seed, kind="umci")
-    config = TrainConfig(epochs=epochs, seed=seed, progress=False)
+    config = TrainConfig(epochs=epochs, seed=seed, progress=False, patience=patience)
     config = dataclasses.replace(
         config, epochs=epochs_for(len(train), epochs, config.batch_size, min_steps)
     )
@@ -206,24 +211,31 @@ def _retrain(
         parent=serving.version if serving else current.version,
         extra=extra,
     )
-    ok, why = registry.decide(candidate.version, metrics, serving_metrics)
-    if ok:
-        try:  # the head proves itself on this very backbone before it serves
-            registry.promote(candidate.version, why, shapes=pipeline_shapes(pipeline))
-        except RegistryError as exc:
-            ok, why = False, str(exc)
-    if not ok:
-        registry.reject(candidate.version, why)
+    if serving is not None and candidate.version == serving.version:
+        # Early stopping kept the warm start: the serving head itself, nothing to judge.
+        status, why = "unchanged", "no epoch beat the serving head on the held-out loss"
+    else:
+        ok, why = registry.decide(candidate.version, metrics, serving_metrics)
+        if ok:
+            try:  # the head proves itself on this very backbone before it serves
+                registry.promote(candidate.version, why, shapes=pipeline_shapes(pipeline))
+            except RegistryError as exc:
+                ok, why = False, str(exc)
+        if not ok:
+            registry.reject(candidate.version, why)
+        status = "promoted" if ok else "rejected"
     store.reset_pending(project, seen)
     summary = {
         "project": project,
-        "status": "promoted" if ok else "rejected",
+        "status": status,
         "version": candidate.version,
         "reason": why,
         "metrics": metrics,
         "serving_metrics": serving_metrics,
         "train": len(train),
         "held_out": len(held_out),
+        "epochs": len(result.losses),
+        "best_epoch": result.best_epoch,
         "seconds": round(time.perf_counter() - started, 2),
     }
     logger.info("retrain of project %s: %s", project, summary)

@@ -157,3 +157,41 @@ def test_cli_help_lists_the_options(capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     assert "--data" in text and "mvtec:PATH" in text and "--init-head" in text
+
+
+def _moved(samples, by: int):
+    """The same images with masks moved ``by`` pixels: a held-out set the head cannot fit."""
+    from training.trainer import TrainingSample
+
+    return [TrainingSample(s.features, torch.roll(s.mask, (by, by), dims=(0, 1)), s.category)
+            for s in samples]  # fmt: skip
+
+
+def test_early_stopping_keeps_the_best_epoch_and_a_warm_start_never_ends_worse(
+    tiny_pipeline, prepared
+):
+    defect, good = prepared
+    train = defect[:24] + good[:4]
+    warm = train_head(tiny_pipeline, train, config=TrainConfig(epochs=6, progress=False)).head
+    config = TrainConfig(epochs=20, patience=2, progress=False, device="cpu")
+
+    # Held-out masks the training cannot reach: the starting weights stay the best.
+    held = _moved(defect[40:52], 40)
+    result = train_head(tiny_pipeline, train, held, config, init_head=warm)
+    losses = result.held_out_losses
+    assert result.best_epoch == int(torch.tensor(losses).argmin())
+    assert len(result.losses) == result.best_epoch + 2 < 20  # stopped two epochs after the best
+    kept = {k: v for k, v in result.head.state_dict().items()}
+    if result.best_epoch == 0:
+        for name, value in warm.state_dict().items():
+            assert torch.equal(kept[name], value), name  # exactly the warm start
+    print("held-out losses", [round(x, 4) for x in losses], "best", result.best_epoch)
+
+    # A real held-out set: the kept head is the epoch with the lowest held-out loss.
+    real = train_head(tiny_pipeline, train, defect[40:52] + good[5:8], config, init_head=warm)
+    assert real.best_epoch == int(torch.tensor(real.held_out_losses).argmin())
+    assert len(real.held_out_losses) == len(real.losses) + 1  # epoch 0: the start
+
+    # Without patience every epoch runs and nothing is recorded.
+    full = train_head(tiny_pipeline, train, held, TrainConfig(epochs=3, progress=False), warm)
+    assert len(full.losses) == 3 and full.best_epoch is None and full.held_out_losses == []

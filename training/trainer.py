@@ -53,6 +53,10 @@ class TrainConfig:
     #: setting, so a head trains in the precision it will serve in. Weights and Adam stay fp32.
     precision: Precision | None = None
     progress: bool = True
+    #: Early stopping: stop after this many epochs without a lower held-out loss and keep the
+    #: best epoch's weights (the starting weights count as epoch 0, so a warm-started head
+    #: never ends worse on that loss than it began). None: train every epoch.
+    patience: int | None = None
 
 
 @dataclass
@@ -68,6 +72,8 @@ class TrainingSample:
 class TrainResult:
     head: AnomalyHead
     losses: list[float]  # mean training loss per epoch
+    held_out_losses: list[float] = field(default_factory=list)  # per epoch, 0 = the start
+    best_epoch: int | None = None  # the epoch whose weights were kept (early stopping)
     metrics: dict[str, float] = field(default_factory=dict)  # held-out, mean over classes
     per_class: dict[str, dict[str, float]] = field(default_factory=dict)
     seconds: float = 0.0
@@ -138,7 +144,7 @@ def train_head(
     if not has_parameters(head):
         raise ValueError(f"the {head.kind!r} head has no trainable parameters")
     head = head.to(device).train().requires_grad_(True)
-    texts = _text_features(pipeline, {s.category for s in train}, device)
+    texts = _text_features(pipeline, {s.category for s in [*train, *held_out]}, device)
     optimiser = torch.optim.Adam(head.parameters(), lr=config.lr, betas=config.betas)
     generator = torch.Generator().manual_seed(config.seed)
     size = pipeline.clip.config.image_size
@@ -146,7 +152,9 @@ def train_head(
     epochs = tqdm(range(config.epochs), desc="training", unit="epoch", disable=not config.progress)
     dtype = autocast_dtype(config.precision or pipeline.config.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)  # fp16 underflows
-    for _ in epochs:
+    stopper = _EarlyStop(config.patience, held_out, texts, device, size, config.focal_gamma)
+    stopper.see(head, 0)
+    for epoch in epochs:
         total, count = 0.0, 0
         for batch in _batches(train, config.batch_size, generator):
             features = _stack_features(batch, device)
@@ -162,8 +170,14 @@ def train_head(
             total, count = total + loss.item() * len(batch), count + len(batch)
         losses.append(total / count)
         epochs.set_postfix(loss=f"{losses[-1]:.4f}")
+        if stopper.see(head, epoch + 1):
+            logger.info("early stop after epoch %d: best held-out loss at epoch %d",
+                        epoch + 1, stopper.best_epoch)  # fmt: skip
+            break
+    stopper.restore(head)
     head = head.eval().requires_grad_(False).cpu()
-    result = TrainResult(head=head, losses=losses)
+    result = TrainResult(head=head, losses=losses, held_out_losses=stopper.losses,
+                         best_epoch=stopper.best_epoch if stopper.active else None)  # fmt: skip
     if held_out:
         result.per_class = evaluate_head(pipeline, head, held_out)
         result.metrics = result.per_class["mean"]
@@ -174,6 +188,54 @@ def train_head(
         head.kind, len(train), config.epochs, result.seconds, losses[-1], result.metrics,
     )  # fmt: skip
     return result
+
+
+class _EarlyStop:
+    """Held-out loss after each epoch; the best weights so far; whether to stop."""
+
+    def __init__(
+        self, patience: int | None, held_out: Sequence[TrainingSample], texts: dict,
+        device: torch.device, size: int, gamma: float,
+    ) -> None:  # fmt: skip
+        self.active = patience is not None and bool(held_out)
+        self.patience = patience or 0
+        self.held_out, self.texts, self.device = held_out, texts, device
+        self.size, self.gamma = size, gamma
+        self.losses: list[float] = []
+        self.best_epoch = 0
+        self.best_state: dict[str, Tensor] | None = None
+
+    def see(self, head: AnomalyHead, epoch: int) -> bool:
+        """Record ``head`` after ``epoch``; True when it is time to stop."""
+        if not self.active:
+            return False
+        loss = self._loss(head)
+        self.losses.append(loss)
+        if self.best_state is None or loss < min(self.losses[:-1]):
+            self.best_epoch = epoch
+            self.best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
+        return epoch - self.best_epoch >= self.patience
+
+    def restore(self, head: AnomalyHead) -> None:
+        if self.active and self.best_state is not None:
+            head.load_state_dict(self.best_state)
+
+    @torch.no_grad()
+    def _loss(self, head: AnomalyHead) -> float:
+        head.eval()
+        total = 0.0
+        for category, group in _by_category(self.held_out).items():
+            for start in range(0, len(group), 8):
+                batch = group[start : start + 8]
+                text = self.texts.get(category)
+                if text is None:  # a category only held out: its text features once
+                    continue
+                logits = head(_stack_features(batch, self.device), text)
+                target = torch.stack([s.mask for s in batch]).to(self.device)
+                probabilities = stage_probabilities(logits.float(), self.size)
+                total += stage_loss(probabilities, target, self.gamma).item() * len(batch)
+        head.train()
+        return total / len(self.held_out)
 
 
 @torch.inference_mode()

@@ -93,6 +93,18 @@ def test_a_job_trains_on_corrections_and_base_data_and_records_why(tmp_path, red
     assert len(_CountingFiles.requests) - fetched == 1  # only the dead link is retried
     assert ModelRegistry(model_dir).get(second["version"]).parent == summary["version"]
 
+    # Early stopping: the epoch with the lowest held-out loss is kept (the serving head, warm
+    # started from, is epoch 0: kept, it is the same head, not a new version), and one more
+    # epoch without improvement ends the run.
+    serving = ModelRegistry(model_dir).serving()
+    third = _job(model_dir, redis_server, patience=1)
+    assert third["best_epoch"] is not None and second["best_epoch"] is None
+    assert third["epochs"] <= third["best_epoch"] + 1
+    if third["best_epoch"] == 0:  # the serving head is neither re-judged nor rejected
+        assert serving is not None and third["version"] == serving.version
+        assert third["status"] == "unchanged"
+        assert ModelRegistry(model_dir).serving() == serving
+
 
 def test_a_job_without_usable_corrections_changes_nothing(tmp_path, redis_server, served):
     store = CorrectionStore(redis_server)
