@@ -2,8 +2,9 @@
 
 The prompts decode against the SAM embedding the feature cache keeps per image, so a click on a
 pre-annotated image costs one mask-decoder call; the first click on another image embeds it
-once. Runs in a prediction thread behind the same admission gate as every /predict, and holds
-the pipeline lock only while SAM runs (the image is fetched before).
+once. Runs in a prediction thread behind the same admission gate as every /predict. Only the
+first click on an image (the encoder) takes the pipeline lock, in turn with pre-annotation
+batches; a click on a cached image decodes at once, even while a batch runs.
 """
 
 from __future__ import annotations
@@ -82,8 +83,11 @@ class InteractivePredictor:
             )  # fmt: skip
         points, labels, box = prompts.in_pixels(width, height)
         fetched = time.perf_counter()
+        # A cached image only decodes (milliseconds, no shared state): it does not wait behind
+        # a pre-annotation batch. Embedding a new image is heavy: it takes its turn.
+        turn = contextlib.nullcontext() if pipeline.sam_embedding_cached(image) else self.lock
         try:
-            with self.lock:
+            with turn:
                 segment = pipeline.segment(image, points, labels, box)
         except SamUnavailable as exc:
             raise HTTPException(503, f"interactive masks need SAM: {exc}") from exc

@@ -184,6 +184,14 @@ class Pipeline:
                 found[i] = self.cache.put(namespace, hashes[i], entry)
         return [entry["embedding"][None] for entry in found if entry is not None]
 
+    def sam_embedding_cached(self, image: np.ndarray) -> bool:
+        """Whether ``image``'s SAM embedding is in the cache (memory or disk): a click on it
+        decodes only, without running the encoder."""
+        return (
+            self.sam is not None
+            and self.cache.get(self.sam.backbone_id, image_hash(image)) is not None
+        )
+
     def segment(
         self,
         image: np.ndarray,

@@ -203,3 +203,47 @@ def test_clicks_pass_the_same_auth_and_rate_limit_as_predict(backend, image_serv
     client.auth = ("u", "p")
     assert click(client, task, keypoint(40, 55)).status_code == 200
     assert click(client, task, keypoint(40, 55)).status_code == 429
+
+
+def test_a_click_on_a_cached_image_does_not_wait_behind_a_batch(sam_pipeline, tmp_path):
+    """The pipeline lock held (a pre-annotation batch running): a click on a cached image still
+    answers; the first click on another image waits for its turn, then answers."""
+    import threading
+
+    from backend.interactive import InteractivePredictor
+    from backend.model import ModelService
+    from backend.settings import Settings
+
+    images = {}
+    for seed in (41, 42):
+        images[f"http://h/{seed}.png"], _ = render_synthetic_image(
+            "widget", np.random.default_rng(seed), size=(HEIGHT, WIDTH), defect_types=("spot",)
+        )
+
+    class Fetcher:
+        def fetch(self, reference, task_id=None):
+            return images[reference]
+
+    settings = Settings(model_dir=tmp_path, preset="tiny")
+    model = ModelService(settings, loader=lambda: sam_pipeline)
+    lock = threading.Lock()
+    predictor = InteractivePredictor(settings, model, Fetcher(), lock)  # type: ignore[arg-type]
+    context = {"result": [keypoint(40, 50)]}
+    sam_pipeline.segment(images["http://h/41.png"], np.array([px(40, 50)]), np.array([1]))
+
+    def ask(seed: int, out: list) -> None:
+        task = {"id": seed, "data": {"img": f"http://h/{seed}.png"}}
+        out.append(predictor.predict([task], context, CONFIG))
+
+    with lock:  # a batch holds the pipeline
+        cached, fresh = [], []
+        first = threading.Thread(target=ask, args=(41, cached))
+        second = threading.Thread(target=ask, args=(42, fresh))
+        first.start()
+        second.start()
+        first.join(timeout=30)
+        assert cached and not first.is_alive()  # answered while the lock was held
+        second.join(timeout=1.0)
+        assert second.is_alive() and not fresh  # the encoder waits for its turn
+    second.join(timeout=60)
+    assert fresh and fresh[0]["results"][0]["result"][0]["type"] == "brushlabels"
