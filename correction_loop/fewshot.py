@@ -164,19 +164,18 @@ class MemorySync:
         refs.mkdir(parents=True, exist_ok=True)
         memories.mkdir(parents=True, exist_ok=True)
         have = _read_refs(refs)
-        for aid, meta in have.items():
+        for aid, meta in list(have.items()):
             correction = wanted.get(aid)
             if correction is None or _ref_changed(meta, correction):
                 (refs / f"{aid}.safetensors").unlink(missing_ok=True)
+                del have[aid]
                 logger.info("normal memory: annotation %d left %r", aid, meta.get("category"))
         now = time.monotonic()
         for aid, correction in sorted(wanted.items()):
-            if aid in have and not _ref_changed(have[aid], correction):
-                continue
-            if self._failed.get(aid, 0.0) > now:
+            if aid in have or self._failed.get(aid, 0.0) > now:
                 continue
             try:
-                self._add_reference(pipeline, refs, correction)
+                have[aid] = self._add_reference(pipeline, refs, correction)
             except Exception as exc:  # image gone, fetch refused: the correction stays stored
                 self._failed[aid] = now + RETRY_SECONDS
                 logger.warning(
@@ -185,9 +184,12 @@ class MemorySync:
                 )  # fmt: skip
             else:
                 self._failed.pop(aid, None)
-        self._rebuild(pipeline, refs, memories)
+        self._rebuild(pipeline, refs, memories, have)
 
-    def _add_reference(self, pipeline: Pipeline, refs: Path, correction: Correction) -> None:
+    def _add_reference(
+        self, pipeline: Pipeline, refs: Path, correction: Correction
+    ) -> dict[str, Any]:
+        """Write the reference's file; its metadata."""
         data = cached_fetch(
             correction.image, correction.task_id, self.fetcher, self.model_dir / "images"
         )
@@ -205,11 +207,15 @@ class MemorySync:
         logger.info(
             "normal memory: annotation %d joins %r", correction.annotation_id, meta["category"]
         )
+        return meta
 
-    def _rebuild(self, pipeline: Pipeline, refs: Path, memories: Path) -> None:
-        """Rebuild each category's memory whose references changed; drop emptied ones."""
+    def _rebuild(
+        self, pipeline: Pipeline, refs: Path, memories: Path, have: dict[int, dict[str, Any]]
+    ) -> None:
+        """Rebuild each category's memory whose references (``have``: the files under
+        ``refs`` and their metadata) changed; drop emptied ones."""
         by_category: dict[str, list[int]] = {}
-        for aid, meta in sorted(_read_refs(refs).items()):
+        for aid, meta in sorted(have.items()):
             by_category.setdefault(str(meta["category"]), []).append(aid)
         for path in memories.glob("*.safetensors"):
             category = _memory_category(path)

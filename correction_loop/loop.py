@@ -116,9 +116,9 @@ class CorrectionLoop:
                 default_category=self.settings.default_category,
             )
         logger.info("event %s → %s (project %s)", action, outcome, project)
-        if outcome != "unchanged" and self.memory is not None:
-            self.memory.wake()  # good images join their memory in the background
         if outcome != "unchanged":
+            if self.memory is not None:
+                self.memory.wake()  # good images join their memory in the background
             self.scheduler.on_event(action, project)
 
     def _import_tasks(self, payload: dict[str, Any], project_id: str | None) -> str:
