@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from labelstudio.label_config import ControlSpec, LabelConfigError, _interface
+from labelstudio.label_config import ControlSpec, LabelConfigError, _interface, smart_parts
 
 #: Smart tool tags and the result ``type`` their regions arrive with.
 SMART_TOOLS = {"KeyPointLabels": "keypointlabels", "RectangleLabels": "rectanglelabels"}
@@ -108,11 +108,7 @@ def interactive_config(config: str, defect_label: str | None = None) -> Interact
     image_name = None
     for control in interface.controls:
         if control.tag in SMART_TOOLS and any(name in images for name in control.to_name):
-            label_attrs = control.labels_attrs or {}
-            smart_labels = frozenset(
-                value for value, tag in label_attrs.items() if _truthy(tag.attr.get("smart"))
-            )
-            smart = _truthy(control.attr.get("smart")) or _truthy(control.attr.get("smartOnly"))
+            smart, smart_labels = smart_parts(control)
             if smart or smart_labels:
                 tools.append((control.name, SmartTool(SMART_TOOLS[control.tag], smart,
                                                       smart_labels)))  # fmt: skip
@@ -241,7 +237,3 @@ def _box_pixels(
         [max(0.0, min(xs)), max(0.0, min(ys)), min(width, max(xs)), min(height, max(ys))],
         dtype=np.float32,
     )
-
-
-def _truthy(raw: Any) -> bool:
-    return str(raw).strip().lower() in ("true", "1", "yes")

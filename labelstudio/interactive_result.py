@@ -7,6 +7,7 @@ that successive suggestions never collide with regions the annotator already acc
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from typing import Any
 
@@ -15,7 +16,6 @@ import numpy.typing as npt
 
 from labelstudio.controls import CONVERTERS
 from labelstudio.interactive import InteractiveConfig
-from labelstudio.label_config import ControlSpec
 
 
 def mask_prediction(
@@ -34,8 +34,7 @@ def mask_prediction(
     prediction = Prediction(
         anomaly_map=mask.astype(np.float32), mask=mask, regions=regions, score=score
     )
-    output = config.output
-    control = ControlSpec(output.kind, output.from_name, output.to_name, label=label)
+    control = dataclasses.replace(config.output, label=label)
     items = CONVERTERS[control.kind](prediction, control, 0.0)
     for item in items:
         item["id"] = uuid.uuid4().hex[:10]

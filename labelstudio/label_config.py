@@ -158,16 +158,30 @@ def _control_spec(
                        types=types if len(types) >= 2 else ())  # fmt: skip
 
 
+#: Attributes that make a control, or one of its labels, a smart tool.
+SMART_ATTRS = ("smart", "smartOnly")
+
+
+def _truthy(value: Any) -> bool:
+    """A config attribute meaning yes ("true", "1", "yes")."""
+    return str(value).strip().lower() in ("true", "1", "yes")
+
+
+def smart_parts(control: Any) -> tuple[bool, frozenset[str]]:
+    """(the whole control is a smart tool, the labels marked smart on their own)."""
+    whole = any(_truthy((control.attr or {}).get(key)) for key in SMART_ATTRS)
+    labels = frozenset(
+        value
+        for value, tag in (control.labels_attrs or {}).items()
+        if any(_truthy((tag.attr or {}).get(key)) for key in SMART_ATTRS)
+    )
+    return whole, labels
+
+
 def _is_smart(control: Any) -> bool:
-    """A smart tool (``smart``/``smartOnly`` on the control or any label) prompts SAM; it is the
-    annotator's, so pre-annotation leaves it empty."""
-    attrs = [getattr(control, "attr", {}) or {}]
-    attrs += [getattr(tag, "attr", {}) or {} for tag in (getattr(control, "labels_attrs", None)
-                                                          or {}).values()]  # fmt: skip
-    return any(
-        str(a.get(key, "")).lower() in ("true", "1", "yes")
-        for a in attrs for key in ("smart", "smartOnly")
-    )  # fmt: skip
+    """A smart tool prompts SAM; it is the annotator's, so pre-annotation leaves it empty."""
+    whole, labels = smart_parts(control)
+    return whole or bool(labels)
 
 
 def _choices_spec(
