@@ -26,6 +26,7 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
+from scipy.special import softmax
 from skimage.measure import regionprops
 from torch import Tensor
 
@@ -90,7 +91,7 @@ def zero_shot_probs(embeddings: FloatArray, label_text: Tensor) -> FloatArray:
     """(R, L) probabilities of each region embedding (R, E) against label features (L, E)."""
     text = F.normalize(label_text.float().cpu(), dim=-1).double().numpy()
     logits = ZERO_SHOT_SCALE * embeddings @ text.T
-    return _softmax(logits)
+    return softmax(logits, axis=-1)
 
 
 @dataclass
@@ -104,7 +105,7 @@ class _Expert:
 
     def log_proba(self, x: FloatArray) -> FloatArray:
         logits = ((x - self.mean) / self.scale) @ self.coef.T + self.intercept
-        return np.log(np.clip(_softmax(logits), 1e-12, None))
+        return np.log(np.clip(softmax(logits, axis=-1), 1e-12, None))
 
     def to_dict(self) -> dict[str, Any]:
         return {k: np.asarray(v).round(6).tolist() for k, v in vars(self).items()}
@@ -134,7 +135,7 @@ class TypeClassifier:
         emb = np.stack([r.embedding for r in regions])
         shp = np.stack([r.shape for r in regions])
         log_p = self.embedding.log_proba(emb) + self.shape.log_proba(shp)
-        known = _softmax(log_p)
+        known = softmax(log_p, axis=-1)
         out = np.zeros((len(regions), len(labels)))
         for j, label in enumerate(labels):
             if label in self.labels:
@@ -198,9 +199,3 @@ def _fit_expert(x: FloatArray, y: npt.NDArray[np.int_], strength: float) -> _Exp
     if coef.shape[0] == 1:  # scikit-learn's binary case: one row for class 1
         coef, intercept = np.vstack([-coef / 2, coef / 2]), np.array([-1, 1]) * intercept / 2
     return _Expert(mean, scale, coef.astype(np.float64), intercept.astype(np.float64))
-
-
-def _softmax(logits: FloatArray) -> FloatArray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(shifted)
-    return np.asarray(e / e.sum(axis=-1, keepdims=True))
