@@ -314,3 +314,38 @@ def backend(
         yield BackendServer(url, proc, log_path, model_dir)
     finally:
         stop_process(proc)
+
+
+def connected_project(
+    ls: Any, backend: BackendServer, title: str, config: str, tasks: list[dict[str, Any]],
+    interactive: bool = False,
+) -> tuple[int, list[int], Any]:  # fmt: skip
+    """A new project with ``tasks`` imported and this backend connected as its model:
+    (project id, task ids in order, the ML backend record)."""
+    project = ls.projects.create(title=title, label_config=config)
+    assert project.id is not None
+    imported = ls.projects.import_tasks(id=project.id, request=tasks, return_task_ids=True)
+    assert imported.task_ids is not None and len(imported.task_ids) == len(tasks), imported
+    ml = ls.ml.create(project=project.id, url=backend.url, title="ClipSAM",
+                      is_interactive=interactive)  # fmt: skip
+    assert ml.state == "CO" and ml.id is not None, f"not connected: {ml}\n{backend.log_tail()}"
+    return project.id, list(imported.task_ids), ml
+
+
+def retrieve_predictions(
+    ls: Any, backend: BackendServer, project_id: int, task_ids: list[int], timeout: float
+) -> dict[int, list[Any]]:
+    """Label Studio's "Retrieve predictions" on the whole project; each task's stored
+    predictions once every task has one (fails, with the backend's log, at the timeout)."""
+    ls.actions.create(id="retrieve_tasks_predictions", project=project_id,
+                      selected_items={"all": True, "excluded": []})  # fmt: skip
+    predictions: dict[int, list[Any]] = {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        predictions = {t: ls.predictions.list(task=t) for t in task_ids}
+        if all(predictions.values()):
+            break
+        time.sleep(1.0)
+    missing = [t for t, p in predictions.items() if not p]
+    assert not missing, f"no prediction for tasks {missing}\n{backend.log_tail()}"
+    return predictions

@@ -5,13 +5,13 @@ Run: ``.venv/bin/python -m pytest tests/e2e/test_defect_types.py -m labelstudio 
 
 from __future__ import annotations
 
-import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 from label_studio_sdk.converter.brush import decode_rle
 
+from tests.e2e.conftest import connected_project, retrieve_predictions
 from tests.e2e.test_labelstudio import synthetic_png
 
 if TYPE_CHECKING:
@@ -38,28 +38,11 @@ def test_a_multi_label_config_gets_typed_regions(
     label_studio: LabelStudioServer, image_server: ImageServer, backend: BackendServer
 ) -> None:
     ls = label_studio.client
-    project = ls.projects.create(title="ClipSAM defect types", label_config=LABEL_CONFIG)
-    assert project.id is not None
     urls = [image_server.add(f"typed_{i}.png", synthetic_png(20 + i)[0]) for i in range(3)]
-    imported = ls.projects.import_tasks(
-        id=project.id, request=[{"image": url} for url in urls], return_task_ids=True
+    project_id, task_ids, _ = connected_project(
+        ls, backend, "ClipSAM defect types", LABEL_CONFIG, [{"image": url} for url in urls]
     )
-    assert imported.task_ids is not None and len(imported.task_ids) == 3
-    ml = ls.ml.create(project=project.id, url=backend.url, title="ClipSAM", is_interactive=False)
-    assert ml.state == "CO", f"backend not connected: {ml}\n{backend.log_tail()}"
-    ls.actions.create(
-        id="retrieve_tasks_predictions",
-        project=project.id,
-        selected_items={"all": True, "excluded": []},
-    )
-    predictions: dict[int, list[Any]] = {}
-    deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline:
-        predictions = {t: ls.predictions.list(task=t) for t in imported.task_ids}
-        if all(predictions.values()):
-            break
-        time.sleep(1.0)
-    assert all(predictions.values()), f"predictions missing\n{backend.log_tail()}"
+    predictions = retrieve_predictions(ls, backend, project_id, task_ids, TIMEOUT)
 
     typed = 0
     for stored in predictions.values():

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.e2e.conftest import connected_project
 from tests.helpers import wait_for
 
 if TYPE_CHECKING:
@@ -58,28 +59,22 @@ def test_good_annotations_change_the_next_prediction_without_a_retrain(
     label_studio: LabelStudioServer, image_server: ImageServer, backend: BackendServer
 ) -> None:
     ls = label_studio.client
-    project = ls.projects.create(title="ClipSAM few-shot", label_config=LABEL_CONFIG)
-    assert project.id is not None
     references = [image_server.add(f"gizmo_{i}.png", _png(i)) for i in range(1, 4)]
     query_url = image_server.add("gizmo_0.png", _png(0))
-    imported = ls.projects.import_tasks(
-        id=project.id,
-        request=[{"image": url, "category": CATEGORY} for url in references],
-        return_task_ids=True,
-    )
-    assert imported.task_ids is not None
-    ml = ls.ml.create(project=project.id, url=backend.url, title="ClipSAM", is_interactive=False)
-    assert ml.state == "CO", f"backend not connected: {ml}\n{backend.log_tail()}"
+    project_id, reference_tasks, _ = connected_project(
+        ls, backend, "ClipSAM few-shot", LABEL_CONFIG,
+        [{"image": url, "category": CATEGORY} for url in references],
+    )  # fmt: skip
     version = backend.health()["model_version"]
 
     def predict_query() -> Any:
         """A new task showing the query image, predicted now. Label Studio never predicts a
         task again for the same model_version, so each look at the memory is a new task."""
         [task] = ls.projects.import_tasks(
-            id=project.id, request=[{"image": query_url, "category": CATEGORY}],
+            id=project_id, request=[{"image": query_url, "category": CATEGORY}],
             return_task_ids=True,
         ).task_ids or []  # fmt: skip
-        ls.actions.create(id="retrieve_tasks_predictions", project=project.id,
+        ls.actions.create(id="retrieve_tasks_predictions", project=project_id,
                           selected_items={"all": False, "included": [task]})  # fmt: skip
         return wait_for(lambda: ls.predictions.list(task=task), TIMEOUT, "a prediction",
                         interval=1.0, context=backend.log_tail)[0]  # fmt: skip
@@ -87,7 +82,7 @@ def test_good_annotations_change_the_next_prediction_without_a_retrain(
     first = predict_query()
     good = [{"id": "v", "type": "choices", "from_name": "verdict", "to_name": "image",
              "original_width": 96, "original_height": 96, "value": {"choices": ["Good"]}}]  # fmt: skip
-    annotations = [ls.annotations.create(id=task, result=good) for task in imported.task_ids]
+    annotations = [ls.annotations.create(id=task, result=good) for task in reference_tasks]
 
     def changed() -> Any:
         latest = predict_query()

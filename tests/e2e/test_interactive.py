@@ -18,6 +18,7 @@ import pytest
 from label_studio_sdk.converter.brush import decode_rle
 from PIL import Image
 
+from tests.e2e.conftest import connected_project
 from tests.e2e.test_labelstudio import synthetic_png
 
 if TYPE_CHECKING:
@@ -55,19 +56,14 @@ class Smart:
 @pytest.fixture(scope="module")
 def smart(label_studio: LabelStudioServer, image_server: ImageServer, backend: BackendServer):
     """A smart-tool project with one task, the backend connected for interactive use."""
-    ls = label_studio.client
-    project = ls.projects.create(title="ClipSAM smart tools", label_config=SMART_CONFIG)
-    assert project.id is not None
     png, _ = synthetic_png(11, (HEIGHT, WIDTH))
     url = image_server.add("smart_widget.png", png)
-    imported = ls.projects.import_tasks(id=project.id, request=[{"img": url}],
-                                        return_task_ids=True)  # fmt: skip
-    assert imported.task_ids is not None
-    [task_id] = imported.task_ids
-    ml = ls.ml.create(project=project.id, url=backend.url, title="ClipSAM", is_interactive=True)
-    assert ml.state == "CO" and ml.id is not None, f"not connected: {ml}\n{backend.log_tail()}"
+    project_id, [task_id], ml = connected_project(
+        label_studio.client, backend, "ClipSAM smart tools", SMART_CONFIG, [{"img": url}],
+        interactive=True,
+    )  # fmt: skip
     image = np.asarray(Image.open(image_server.root / "smart_widget.png").convert("RGB"))
-    return Smart(project.id, ml.id, task_id, image)
+    return Smart(project_id, ml.id, task_id, image)
 
 
 def keypoint_as_the_editor_sends_it() -> dict[str, Any]:

@@ -18,6 +18,7 @@ import pytest
 from label_studio_sdk.converter.brush import decode_rle, mask2rle
 from PIL import Image
 
+from tests.e2e.conftest import retrieve_predictions
 from tests.helpers import wait_for
 
 if TYPE_CHECKING:
@@ -129,20 +130,8 @@ def test_predictions_for_all_tasks(
 ) -> None:
     """'Retrieve predictions' stores one valid prediction per task, URL and upload alike."""
     ls = label_studio.client
-    ls.actions.create(
-        id="retrieve_tasks_predictions",
-        project=loop.project_id,
-        selected_items={"all": True, "excluded": []},
-    )
-    predictions: dict[int, list[Any]] = {}
-    deadline = time.monotonic() + PREDICTION_TIMEOUT
-    while time.monotonic() < deadline:
-        predictions = {t: ls.predictions.list(task=t) for t in loop.sizes}
-        if all(predictions.values()):
-            break
-        time.sleep(1.0)
-    missing = [t for t, p in predictions.items() if not p]
-    assert not missing, f"no prediction for tasks {missing}\n{backend.log_tail()}"
+    predictions = retrieve_predictions(ls, backend, loop.project_id, list(loop.sizes),
+                                       PREDICTION_TIMEOUT)  # fmt: skip
 
     version = backend.health()["model_version"]
     with_brush = 0
