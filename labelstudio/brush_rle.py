@@ -17,8 +17,9 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-#: (longest run, index bits value, length bits) per series size, as the SDK's ``rle_sizes``.
-_SIZES = ((8, 0, 3), (16, 1, 4), (256, 2, 8), (1 << 16, 3, 16))
+#: (longest run, index bits value, length bits) per series size, as the SDK's ``rle_sizes``;
+#: longer runs use the last size, in fields of at most 65 536 (see :func:`_run_fields`).
+_SIZES = ((8, 0, 3), (16, 1, 4), (256, 2, 8), (np.iinfo(np.int64).max, 3, 16))
 _HEADER_WORDSIZE = 8
 
 
@@ -60,7 +61,7 @@ def _run_fields(
     widths = np.full(lengths.shape, 14, dtype=np.int64)
     low = 1
     for longest, index, length_bits in _SIZES:
-        series = (whole > low) & ((whole <= longest) if longest < 1 << 16 else True)
+        series = (whole > low) & (whole <= longest)
         width = 1 + 2 + length_bits + 8
         head = (1 << (2 + length_bits)) | (index << length_bits)
         fields[series] = ((head | (lengths[series] - 1)).astype(np.uint64) << 8) | bytes_[series]

@@ -227,10 +227,7 @@ class _EarlyStop:
         for category, group in _by_category(self.held_out).items():
             for start in range(0, len(group), 8):
                 batch = group[start : start + 8]
-                text = self.texts.get(category)
-                if text is None:  # a category only held out: its text features once
-                    continue
-                logits = head(_stack_features(batch, self.device), text)
+                logits = head(_stack_features(batch, self.device), self.texts[category])
                 target = torch.stack([s.mask for s in batch]).to(self.device)
                 probabilities = stage_probabilities(logits.float(), self.size)
                 total += stage_loss(probabilities, target, self.gamma).item() * len(batch)
