@@ -305,10 +305,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="stop early when this wall-clock budget is spent",
     )
     parser.add_argument("--seed", type=int, default=MicroClipConfig.seed)
+    parser.add_argument(
+        "--dense-on",
+        choices=("vv", "final", "both"),
+        default=MicroClipConfig.dense_on,
+        help="patch tokens the dense objective supervises (docs/miniature.md: 'final' leaves "
+        "the training-free head's value-value path unsupervised)",
+    )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     configure_logging()
-    config = MicroClipConfig(steps=args.steps, max_minutes=args.minutes, seed=args.seed)
+    config = MicroClipConfig(
+        steps=args.steps, max_minutes=args.minutes, seed=args.seed, dense_on=args.dense_on
+    )
     scores = train(config, args.out, progress=not args.no_progress)
     print(json.dumps(scores, indent=2))
 
