@@ -3,6 +3,8 @@
 SAM's image encoder: segment-anything's own attention vs SDPA with the rel-pos bias as mask
 (``clipsam.sam_fast``), each in fp32 and under bf16 autocast. CLIP: open_clip's
 ``forward_intermediates`` vs our tapped forward (``ClipBackbone.encode_images``), fp32 and bf16.
+On CPU, both fast paths also with int8 dynamic quantisation of their linear layers
+(``quantize="int8"``, ``clipsam.quantize``; fp32 around them).
 Random weights, one process, cases interleaved; prints a markdown table, never passes or fails.
 """
 
@@ -15,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import _report  # sibling module: this folder is on sys.path when run as a script
 
@@ -30,6 +33,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads(N)")
     parser.add_argument("--skip-clip", action="store_true", help="only the SAM encoder")
     parser.add_argument(
+        "--skip-bf16",
+        action="store_true",
+        help="no bf16 autocast rows (on CPUs without native bf16 it is emulated and slow)",
+    )
+    parser.add_argument(
+        "--skip-int8", action="store_true", help="no int8 dynamic quantisation rows (CPU only)"
+    )
+    parser.add_argument(
         "--compiled",
         action="store_true",
         help="also time the compiled routes (flex_attention with the rel-pos bias as a score "
@@ -39,17 +50,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def timed(
-    call: Callable[[], object], repeats: int, sync: Callable[[], None]
-) -> tuple[float, object]:
-    seconds, result = [], None
+def interleaved(
+    calls: dict[str, Callable[[], Any]], repeats: int, sync: Callable[[], None]
+) -> dict[str, tuple[float, Any]]:
+    """Median seconds and last result of each call, after one warm-up each; the repeats are
+    interleaved (every case once per round), so load from other processes hits all alike."""
+    results = {name: call() for name, call in calls.items()}  # warm-up (allocations, kernels)
+    seconds: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        result = call()
-        sync()
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds), result
+        for name, call in calls.items():
+            sync()
+            start = time.perf_counter()
+            results[name] = call()
+            sync()
+            seconds[name].append(time.perf_counter() - start)
+    return {name: (statistics.median(seconds[name]), results[name]) for name in calls}
 
 
 def run(args: argparse.Namespace) -> str:
@@ -67,6 +82,12 @@ def run(args: argparse.Namespace) -> str:
     pipeline = clipsam.load_pipeline(args.arch, weights="random", device=args.device,
                                      precision="fp32")  # fmt: skip
     assert pipeline.sam is not None
+    # The same seeded weights with int8 linear layers in both encoders (CPU only).
+    int8 = None
+    if device.type == "cpu" and not args.skip_int8:
+        int8 = clipsam.load_pipeline(args.arch, weights="random", device=args.device,
+                                     precision="fp32", quantize="int8")  # fmt: skip
+        assert int8.sam is not None
     lines = [
         f"# Encoders: `{args.arch}` preset, random weights, {device}, batch {args.batch}, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads",
@@ -98,22 +119,29 @@ def run(args: argparse.Namespace) -> str:
         "SDPA + rel-pos mask, fp32": (fast_encoder, None),
         "SDPA + rel-pos mask, bf16 autocast (ours)": (fast_encoder, half),
     }
+    if args.skip_bf16:
+        cases = {name: case for name, case in cases.items() if case[1] is None}
+    if int8 is not None:
+        cases["SDPA + rel-pos mask, int8 linear layers (quantize='int8')"] = (
+            int8.sam.sam.image_encoder, None)  # fmt: skip
     if args.compiled:
         flex_encoder = copy.deepcopy(stock_encoder)
         enable_flex_attention(flex_encoder)
         cases["flex_attention, bias as score_mod (compiled), bf16 autocast"] = (flex_encoder, half)
         compiled = torch.compile(fast_encoder, dynamic=False)
         cases["torch.compile(encoder), SDPA + mask, bf16 autocast"] = (compiled, half)
-    results: dict[str, tuple[float, torch.Tensor]] = {}
+
+    def sam_call(encoder: Any, dtype: torch.dtype | None) -> Callable[[], Any]:
+        def call() -> Any:
+            with autocast(device, dtype):
+                return encoder(pixels)
+
+        return call
+
     with torch.inference_mode():
-        for name, (encoder, dtype) in cases.items():
-
-            def call(encoder=encoder, dtype=dtype):  # type: ignore[no-untyped-def]
-                with autocast(device, dtype):
-                    return encoder(pixels)
-
-            call()  # warm-up (allocations, kernels)
-            results[name] = timed(call, args.repeats, sync)  # type: ignore[assignment]
+        results = interleaved(
+            {name: sam_call(*case) for name, case in cases.items()}, args.repeats, sync
+        )
     stock_s, stock_out = results["segment-anything, fp32 (stock)"]
     for name, (seconds, out) in results.items():
         row(f"SAM {pipeline.config.sam.sam_model}", name, seconds, stock_s,
@@ -130,26 +158,30 @@ def run(args: argparse.Namespace) -> str:
                 out = clip.visual.forward_intermediates(pixels, indices=indices, output_fmt="NLC")
                 return torch.stack(out["image_intermediates"], dim=1)  # CLS already dropped
 
-            def ours(dtype):  # type: ignore[no-untyped-def]
-                clip.autocast_dtype = dtype
-                return clip.encode_images(pixels)["stages"]
+            def ours(dtype: torch.dtype | None, backbone: Any) -> Callable[[], Any]:
+                def call() -> Any:
+                    backbone.autocast_dtype = dtype
+                    return backbone.encode_images(pixels)["stages"]
 
-            stock_clip()
-            stock_s, stock_out = timed(stock_clip, args.repeats, sync)
-            clip_cases = {
-                "open_clip forward_intermediates, fp32 (stock)": (stock_s, stock_out),
-            }
-            for name, dtype in (("ours (SDPA, taps, vv), fp32", None),
-                                ("ours (SDPA, taps, vv), bf16 autocast", half)):  # fmt: skip
-                ours(dtype)
-                clip_cases[name] = timed(lambda dtype=dtype: ours(dtype), args.repeats, sync)
+                return call
+
+            calls = {"open_clip forward_intermediates, fp32 (stock)": stock_clip}
+            calls["ours (SDPA, taps, vv), fp32"] = ours(None, clip)
+            if not args.skip_bf16:
+                calls["ours (SDPA, taps, vv), bf16 autocast"] = ours(half, clip)
+            if int8 is not None:
+                calls["ours, int8 linear layers (quantize='int8')"] = ours(None, int8.clip)
+            clip_cases = interleaved(calls, args.repeats, sync)
+        stock_s, stock_out = clip_cases["open_clip forward_intermediates, fp32 (stock)"]
         for name, (seconds, out) in clip_cases.items():
             row(clip.config.clip_model, name, seconds, stock_s, difference(stock_out, out))
     lines += [
         "",
         "Diffs are against the stock fp32 output of the same weights (SAM: the image embedding; "
         "CLIP: the tapped stage tokens). Our CLIP row also computes the value-value tokens of "
-        "the last blocks, which the stock forward does not.",
+        "the last blocks, which the stock forward does not. int8 rows: the same seeded weights "
+        "with their linear layers quantised (per output channel; activations per call), fp32 "
+        "elsewhere.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -191,13 +191,19 @@ def _block_forward(block: Any, x: Tensor, vv: Tensor | None) -> tuple[Tensor, Te
     batch, length, width = x.shape
     heads = attn.num_heads
     hidden = block.ln_1(x)
-    q, k, v = F.linear(hidden, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    # int8 projections beside the block when quantised (clipsam.quantize), else the fp32 ones.
+    in_proj = getattr(block, "int8_in_proj", None)
+    out_proj = getattr(block, "int8_out_proj", attn.out_proj)
+    if in_proj is not None:
+        q, k, v = in_proj(hidden).chunk(3, dim=-1)
+    else:
+        q, k, v = F.linear(hidden, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
 
     def split(t: Tensor) -> Tensor:
         return t.view(batch, length, heads, width // heads).transpose(1, 2)
 
     def merge(t: Tensor) -> Tensor:
-        return attn.out_proj(t.transpose(1, 2).reshape(batch, length, width))
+        return out_proj(t.transpose(1, 2).reshape(batch, length, width))
 
     out = merge(F.scaled_dot_product_attention(split(q), split(k), split(v)))
     if vv is not None:

@@ -86,6 +86,10 @@ class PipelineConfig:
     precision: Precision = "auto"
     #: SAM's encoder attention through SDPA with the rel-pos bias as its mask (same math).
     fast_attention: bool = True
+    #: ``int8``: the frozen encoders' linear layers (CLIP's visual tower, SAM's image encoder)
+    #: run int8 dynamic quantisation, CPU only, fp32 elsewhere (``clipsam.quantize``). Not the
+    #: same numbers as fp32, so off by default; README, Benchmarks has its speed and agreement.
+    quantize: Literal["none", "int8"] = "none"
     batch_size: int = 8
     #: Image score = w · s + (1 − w) · max of the final map (method spec §4), where s is
     #: ``clip_max``: CLIP's global embedding against T; ``hsf``: AdaCLIP's hybrid semantic

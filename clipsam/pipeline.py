@@ -445,6 +445,8 @@ def load_pipeline(
     if sam is not None:
         sam.sam.to(device)
         sam.set_precision(clip.autocast_dtype)
+    if config.quantize == "int8":
+        quantize_encoders(config, clip, sam, device)
     head = (
         load_head(config.head_path, clip.backbone_id)
         if config.head_path is not None
@@ -460,6 +462,28 @@ def load_pipeline(
         )
     logger.info("pipeline ready: %s", {k: v for k, v in pipeline.info().items() if k != "config"})
     return pipeline
+
+
+def quantize_encoders(
+    config: PipelineConfig, clip: ClipBackbone, sam: SamBackbone | None, device: torch.device
+) -> None:
+    """``quantize="int8"``: int8 linear layers in CLIP's visual tower and SAM's image encoder,
+    whose other ops then run in fp32 (int8 kernels take fp32 inputs, not autocast's bf16)."""
+    from clipsam.quantize import quantize_clip_visual, quantize_sam_encoder
+
+    if device.type != "cpu":
+        raise ValueError(f"quantize='int8' runs on the CPU only, not on {device}")
+    if config.precision not in ("auto", "fp32"):
+        raise ValueError(
+            f"quantize='int8' runs the encoders in fp32 around the int8 layers; "
+            f"precision {config.precision!r} cannot apply (use 'auto' or 'fp32')"
+        )
+    clip.autocast_dtype = None
+    count = quantize_clip_visual(clip.visual)
+    if sam is not None:
+        sam.set_precision(None)
+        count += quantize_sam_encoder(sam.sam.image_encoder)
+    logger.info("int8 dynamic quantisation: %d linear layers of the frozen encoders", count)
 
 
 def fresh_head(config: PipelineConfig, clip: ClipBackbone, seed: int) -> AnomalyHead:

@@ -127,3 +127,26 @@ def test_fast_sam_decoder_matches_stock(make_tiny, multimask):
         got, _ = sam.sam.mask_decoder(**{**args, "dense_prompt_embeddings": dense_masks})
         want, _ = stock(**{**args, "dense_prompt_embeddings": dense_masks})
     assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_int8_option_quantises_the_encoders_linear_layers_only(make_tiny):
+    """``quantize="int8"`` (never the default) swaps the linear layers of CLIP's visual tower
+    and SAM's image encoder for int8 dynamic ones and keeps the outputs close to fp32 (random
+    weights here; the agreement on trained weights is tests/miniature/test_int8.py)."""
+    from clipsam.quantize import _is_int8
+
+    fp32, int8 = make_tiny(), make_tiny(quantize="int8")
+    assert fp32.config.quantize == "none"
+    assert not any(_is_int8(m) for m in fp32.clip.modules())
+    blocks = int8.clip.visual.transformer.resblocks
+    assert all(_is_int8(b.int8_in_proj) and _is_int8(b.mlp.c_fc) for b in blocks)
+    assert all(
+        _is_int8(b.attn.qkv) and _is_int8(b.mlp.lin2) for b in int8.sam.sam.image_encoder.blocks
+    )
+    assert not any(_is_int8(m) for m in int8.clip.model.transformer.modules())  # text tower
+    pixels = torch.randn(2, 3, 224, 224)
+    a, b = fp32.clip.encode_images(pixels)["stages"], int8.clip.encode_images(pixels)["stages"]
+    assert float((a - b).norm() / a.norm()) < 0.05
+    images = [np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)]
+    a, b = fp32.sam.embed(images), int8.sam.embed(images)
+    assert float((a - b).norm() / a.norm()) < 0.05
