@@ -185,3 +185,27 @@ def test_umci_text_attention_is_multihead_attention_folded():
     (got_grad,) = torch.autograd.grad(got.square().sum(), query)
     assert torch.allclose(got, expected, atol=1e-4, rtol=1e-5)
     assert torch.allclose(got_grad, expected_grad, atol=1e-3, rtol=1e-4)
+
+
+def test_cosine_logits_and_their_gradients_match_normalising_the_tokens_first():
+    """``text_logits`` divides (tokens · T̂) by the token norms instead of normalising a copy of
+    the tokens (cheaper to train); the logits and the gradients are those of F.normalize."""
+    import torch.nn.functional as F
+
+    from clipsam.heads.base import text_logits
+
+    g = torch.Generator().manual_seed(0)
+    text = torch.randn(2, 64, generator=g)
+    tokens = torch.randn(3, 16, 64, generator=g) * 5
+    tokens[0, 0] = 0  # a zero token: clamped at 1e-12 in both, logits 0
+    ours = tokens.clone().requires_grad_(True)
+    stock = tokens.clone().requires_grad_(True)
+    got = text_logits(ours, text, 100.0, 4)
+    expected = 100.0 * F.normalize(stock, dim=-1) @ F.normalize(text, dim=-1).T
+    expected = expected.transpose(1, 2).reshape(3, 2, 4, 4)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    weights = torch.randn(got.shape, generator=g)
+    (got * weights).sum().backward()
+    (expected * weights).sum().backward()
+    assert ours.grad is not None and stock.grad is not None
+    torch.testing.assert_close(ours.grad, stock.grad, rtol=1e-5, atol=1e-6)

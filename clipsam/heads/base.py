@@ -48,8 +48,13 @@ class AnomalyHead(nn.Module):
 
 
 def text_logits(tokens: Tensor, text: Tensor, scale: float, grid: int) -> Tensor:
-    """Cosine logits of tokens (B, N², E) against T (2, E) → (B, 2, N, N)."""
-    logits = scale * F.normalize(tokens, dim=-1) @ F.normalize(text, dim=-1).T
+    """Cosine logits of tokens (B, N², E) against T (2, E) → (B, 2, N, N).
+
+    ``F.normalize(tokens) @ T̂ᵀ`` computed as ``(tokens @ T̂ᵀ) / ‖tokens‖``: the same cosine
+    (norms clamped at 1e-12 alike), without a normalised copy of the tokens, whose backward
+    costs several passes over (B, N², E) in training; only float rounding differs."""
+    norms = torch.linalg.vector_norm(tokens, dim=-1, keepdim=True).clamp_min(1e-12)
+    logits = (tokens @ (scale * F.normalize(text, dim=-1)).T) / norms
     return logits.transpose(1, 2).reshape(tokens.shape[0], 2, grid, grid)
 
 
