@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from backend.prelabel_core import (
     bind_items,
     dataset_items,
     fetch_settings,
+    load_ahead,
     predict_chunk,
     project_items,
     run_on_workers,
@@ -364,11 +366,18 @@ def _run_in_process(
     except (ValueError, OSError) as exc:
         raise UsageError(f"could not load the model: {exc}") from None
     settings = fetch_settings(options["fetch"])
-    with ImageFetcher(settings, api_key if api_key is not None else api_key_from_env()) as fetcher:
-        for chunk in chunks:
-            jobs = [item.job() for item in chunk]
-            finish(predict_chunk(pipeline, fetcher, settings, spec, jobs,
-                                 options["verdict_threshold"], options["preset"]))  # fmt: skip
+    key = api_key if api_key is not None else api_key_from_env()
+    loaders = max(1, settings.threads)
+    with (
+        ImageFetcher(settings, key) as fetcher,
+        ThreadPoolExecutor(loaders, thread_name_prefix="prelabel-ahead") as pool,
+    ):
+        jobs = ([item.job() for item in chunk] for chunk in chunks)
+        for items, images in load_ahead(jobs, fetcher, settings, pool):
+            threshold, preset = options["verdict_threshold"], options["preset"]
+            finish(
+                predict_chunk(pipeline, fetcher, settings, spec, items, threshold, preset, images)
+            )
 
 
 def _report(

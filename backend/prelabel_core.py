@@ -15,8 +15,8 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +27,7 @@ from clipsam.images import load_image
 from correction_loop import keys
 from labelstudio.fetch import ImageFetcher
 from labelstudio.label_config import LabelSpec, parse_label_config
-from labelstudio.predictions import ImageTask, predict_images
+from labelstudio.predictions import ImageTask, load_task, predict_images
 from labelstudio.settings import FetchSettings, api_key_from_env
 
 if TYPE_CHECKING:  # torch and the backbones load when there is work, not for --help
@@ -151,14 +151,16 @@ def bind_items(items: list[Item], spec: LabelSpec, category_key: str, category: 
 def predict_chunk(
     pipeline: Pipeline, fetcher: ImageFetcher, settings: FetchSettings, spec: LabelSpec,
     items: list[dict[str, Any]], verdict_threshold: float, preset: str,
+    images: list[ImageTask] | None = None,
 ) -> Records:  # fmt: skip
     """One record per item, in order: ``{"key", "prediction"}`` or ``{"key", "error"}``.
 
     Items (:meth:`Item.job`) name a local file or a task-data reference, fetched like the
     backend fetches it (:func:`labelstudio.predictions.predict_images`, the path /predict
-    takes too); a broken image fails only its own item.
+    takes too); a broken image fails only its own item. ``images``: the items' tasks from
+    :func:`chunk_tasks`, perhaps loaded already (:func:`load_ahead`); made here when None.
     """
-    images = [_image(item, fetcher, settings) for item in items]
+    images = chunk_tasks(fetcher, settings, items) if images is None else images
     threads = max(1, min(len(items), settings.threads))
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="prelabel-fetch") as pool:
         outcomes = predict_images(pipeline, images, spec, verdict_threshold, preset, pool)
@@ -168,6 +170,39 @@ def predict_chunk(
         else {"key": item["key"], "prediction": outcome[1]}
         for item, image, outcome in zip(items, images, outcomes, strict=True)
     ]
+
+
+def chunk_tasks(
+    fetcher: ImageFetcher, settings: FetchSettings, items: list[dict[str, Any]]
+) -> list[ImageTask]:
+    """The chunk's images to load, not loaded yet."""
+    return [_image(item, fetcher, settings) for item in items]
+
+
+def load_ahead(
+    chunks: Iterable[list[dict[str, Any]]], fetcher: ImageFetcher, settings: FetchSettings,
+    pool: Executor,
+) -> Iterator[tuple[list[dict[str, Any]], list[ImageTask]]]:  # fmt: skip
+    """Each chunk's items with their tasks, the *next* chunk's images already loading in
+    ``pool`` while the caller predicts this one: fetching and decoding overlap the model's
+    compute, and at most two chunks of images are held at once."""
+    ahead: deque[tuple[list[dict[str, Any]], list[ImageTask], list[Future[None]]]] = deque()
+    for items in chunks:
+        tasks = chunk_tasks(fetcher, settings, items)
+        ahead.append((items, tasks, [pool.submit(load_task, task) for task in tasks]))
+        if len(ahead) == 2:
+            yield _loaded(ahead.popleft())
+    while ahead:
+        yield _loaded(ahead.popleft())
+
+
+def _loaded(
+    entry: tuple[list[dict[str, Any]], list[ImageTask], list[Future[None]]],
+) -> tuple[list[dict[str, Any]], list[ImageTask]]:
+    items, tasks, futures = entry
+    for future in futures:
+        future.result()  # load_task never raises for a bad image: it sets task.error
+    return items, tasks
 
 
 def _image(item: dict[str, Any], fetcher: ImageFetcher, settings: FetchSettings) -> ImageTask:

@@ -84,8 +84,9 @@ def predict_images(
     pool: Executor,
     lock: contextlib.AbstractContextManager[Any] | None = None,
 ) -> list[Predicted]:
-    """Load every image in ``pool``, predict per category (under ``lock``), in task order."""
-    list(pool.map(_load, tasks))
+    """Load every image in ``pool`` (one already loaded is kept), predict per category (under
+    ``lock``), in task order."""
+    list(pool.map(load_task, tasks))
     outcomes: list[Predicted] = [None] * len(tasks)
     groups: dict[str | None, list[int]] = {}
     for index, task in enumerate(tasks):
@@ -105,7 +106,11 @@ def predict_images(
     return outcomes
 
 
-def _load(task: ImageTask) -> None:
+def load_task(task: ImageTask) -> None:
+    """Fill ``task.image``, or ``task.error`` if it cannot be had; once (a loaded or failed task
+    is left as it is, so images loaded ahead of time are not fetched twice)."""
+    if task.image is not None or task.error:
+        return
     if task.load is None:
         task.error = task.error or "no image reference"
         return

@@ -280,3 +280,41 @@ def test_usage_errors_and_help(capsys: pytest.CaptureFixture[str]) -> None:
     for needle in ("--folder", "mvtec:PATH", "--project", "--push", "--url-prefix",
                    "progress.jsonl", "--workers", "--worker"):  # fmt: skip
         assert needle in text, needle
+
+
+def test_the_next_chunk_loads_while_this_one_is_predicted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """load_ahead: chunks come back in order, each fully loaded; when the first is handed over
+    the second is already loading (or loaded), and never a third; a broken file fails alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import backend.prelabel_core as core
+    from backend.prelabel_core import load_ahead
+    from labelstudio.fetch import ImageFetcher
+    from labelstudio.predictions import load_task
+    from labelstudio.settings import FetchSettings
+
+    paths = []
+    for i in range(6):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(np.full((8, 8, 3), i, np.uint8)).save(path)
+        paths.append(path)
+    paths[4].write_bytes(b"not a png")
+    chunks = [[{"key": p.name, "path": str(p)} for p in paths[i : i + 2]] for i in (0, 2, 4)]
+    settings = FetchSettings.from_env()
+    loads: list[int] = []
+    monkeypatch.setattr(core, "load_task", lambda task: (loads.append(1), load_task(task)))
+    with ImageFetcher(settings, None) as fetcher, ThreadPoolExecutor(1) as pool:
+        stream = load_ahead(iter(chunks), fetcher, settings, pool)
+        items, tasks = next(stream)
+        assert [i["key"] for i in items] == ["0.png", "1.png"]
+        assert [int(t.image[0, 0, 0]) for t in tasks] == [0, 1]  # type: ignore[index]
+        pool.submit(lambda: None).result()  # the one loader thread has run what was queued
+        assert len(loads) == 4  # the second chunk loaded ahead, the third not yet
+        ahead = list(stream)
+    keys = [[i["key"] for i in items] for items, _ in ahead]
+    assert keys == [["2.png", "3.png"], ["4.png", "5.png"]]
+    (_, second), (_, third) = ahead
+    assert [int(t.image[0, 0, 0]) for t in second] == [2, 3]  # type: ignore[index]
+    assert third[0].image is None and third[0].error and third[1].image is not None
