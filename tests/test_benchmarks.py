@@ -19,6 +19,10 @@ SCRIPTS = {
         ["--arch", "tiny", "--size", "128x128", "--clicks", "2", "--baseline-clicks", "1"],
         "| ours, cached: 1 click |",
     ),
+    "throughput.py": (
+        ["--arch", "tiny", "--images", "4", "--size", "128", "--chunk-size", "2", "--workers", "1"],
+        "| 1 rq worker(s), ",
+    ),
     "fewshot.py": (["--categories", "carpet", "--per-category", "3", "--ks", "0,1"], "| 1 |"),
     "defect_types.py": (
         ["--categories", "tablet", "--test-per-type", "1", "--ks", "0", "1"],
