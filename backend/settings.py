@@ -73,7 +73,9 @@ class Settings:
     retrain_epochs: int = 10
     retrain_holdout: float = 0.2
     #: Early stopping of retrains: epochs without a lower held-out loss (0: every epoch runs).
-    retrain_patience: int = 0
+    retrain_patience: int = 3
+    #: Epochs a retrain warm-started from a trained serving head takes at most (no step floor).
+    retrain_warm_epochs: int = 10
     #: Extra labelled datasets mixed into every retrain (``mvtec:PATH,visa:PATH``).
     base_data: tuple[str, ...] = ()
     #: Run retraining jobs inside this process (default: only with the embedded Redis).
@@ -153,6 +155,7 @@ class Settings:
             retrain_epochs=number("CLIPSAM_RETRAIN_EPOCHS", cls.retrain_epochs),
             retrain_holdout=number("CLIPSAM_RETRAIN_HOLDOUT", cls.retrain_holdout, float),
             retrain_patience=number("CLIPSAM_RETRAIN_PATIENCE", cls.retrain_patience),
+            retrain_warm_epochs=number("CLIPSAM_RETRAIN_WARM_EPOCHS", cls.retrain_warm_epochs),
             base_data=items("CLIPSAM_BASE_DATA"),
             inprocess_worker=_flag(text("CLIPSAM_INPROCESS_WORKER"), None),
             reload_poll=number("CLIPSAM_RELOAD_POLL", cls.reload_poll, float),

@@ -21,6 +21,7 @@ from correction_loop.import_export import corrections_from_tasks
 from correction_loop.redis_conn import connect, release
 from correction_loop.registry import ModelRegistry
 from correction_loop.reloader import HeadReloader, ServedModel
+from correction_loop.retrain import PATIENCE, WARM_EPOCHS
 from correction_loop.scheduler import RetrainPolicy, RetrainScheduler
 from correction_loop.store import CorrectionStore
 from correction_loop.worker import ThreadWorker, run_in_thread
@@ -49,7 +50,8 @@ class LoopSettings:
     retrain_interval: float = 0.0
     retrain_epochs: int = 10
     retrain_holdout: float = 0.2
-    retrain_patience: int = 0  # 0: no early stopping
+    retrain_patience: int = PATIENCE  # 0: no early stopping
+    retrain_warm_epochs: int = WARM_EPOCHS  # a warm start's epochs at most
     retrain_heartbeat: float = 30.0
     #: Extra labelled datasets mixed into every retrain (``mvtec:PATH``...).
     base_data: tuple[str, ...] = ()
@@ -188,6 +190,7 @@ class CorrectionLoop:
             "epochs": s.retrain_epochs,
             "holdout": s.retrain_holdout,
             "patience": s.retrain_patience or None,
+            "warm_epochs": s.retrain_warm_epochs,
             "base_data": list(s.base_data) or None,
             "heartbeat_period": s.retrain_heartbeat,  # the scheduler waits two of these
         }

@@ -47,10 +47,12 @@ from training.defect_types import (
 from training.head_check import pipeline_shapes
 from training.region_metrics import head_region_metrics
 from training.trainer import (
+    HeldOutMaps,
     TrainConfig,
     TrainingSample,
-    evaluate_head,
+    evaluate_maps,
     has_parameters,
+    held_out_maps,
     prepare_samples,
     train_head,
 )
@@ -61,6 +63,11 @@ logger = logging.getLogger(__name__)
 #: How often a running job says it is alive, by default (``CLIPSAM_RETRAIN_HEARTBEAT``, read by
 #: the backend's settings, which hand it to the scheduler and, through the job, to the worker).
 HEARTBEAT_SECONDS = 30.0
+#: Early stopping by default (``CLIPSAM_RETRAIN_PATIENCE``): epochs without a lower held-out
+#: loss before a retrain stops, keeping its best epoch (docs/method.md §13).
+PATIENCE = 3
+#: Epochs a warm-started retrain takes at most (``CLIPSAM_RETRAIN_WARM_EPOCHS``).
+WARM_EPOCHS = 10
 
 
 @contextlib.contextmanager
@@ -130,15 +137,19 @@ def retrain_job(
     seed: int = 0,
     min_steps: int | None = None,
     heartbeat_period: float = HEARTBEAT_SECONDS,
-    patience: int | None = None,
+    patience: int | None = PATIENCE,
+    warm_epochs: int = WARM_EPOCHS,
 ) -> dict[str, Any]:
     """Train from the serving head on the project's corrections; promote or reject.
 
-    Small correction sets train more epochs, so that every retrain takes at least
+    A **warm start** (the serving head is a trained one) trains at most ``warm_epochs``
+    epochs, with no floor of steps. A fresh head (the serving head is the training-free one)
+    trains ``epochs``, or more on small correction sets, so that it takes at least
     ``min_steps`` optimiser steps (default :data:`MIN_STEPS`).
 
     ``patience``: stop after that many epochs without a lower loss on the held-out corrections
-    and keep the best epoch (``TrainConfig.patience``); None trains every epoch.
+    and keep the best epoch (``TrainConfig.patience``; a fresh head is never stopped before its
+    ``min_steps``); None trains every epoch.
 
     ``settings``: how to fetch images (:meth:`FetchSettings.to_job`; this worker's environment
     when None); the Label Studio API key is always this worker's own.
@@ -151,7 +162,8 @@ def retrain_job(
     with heartbeat(connection, project, heartbeat_period):
         return _retrain(connection, project, reason, model_dir, preset, pipeline_overrides,
                         settings, epochs, holdout, base_data, seed,
-                        MIN_STEPS if min_steps is None else min_steps, patience)  # fmt: skip
+                        MIN_STEPS if min_steps is None else min_steps, patience,
+                        warm_epochs)  # fmt: skip
 
 
 def _retrain(
@@ -168,6 +180,7 @@ def _retrain(
     seed: int,
     min_steps: int,
     patience: int | None = None,
+    warm_epochs: int = WARM_EPOCHS,
 ) -> dict[str, Any]:
     started = time.perf_counter()
     overrides = dict(pipeline_overrides or {})
@@ -192,15 +205,18 @@ def _retrain(
 
     serving = registry.serving()
     current = load_head(serving.path, pipeline.clip.backbone_id) if serving else pipeline.head
-    init = current if has_parameters(current) else pipeline.new_head(seed, kind="umci")
-    config = TrainConfig(epochs=epochs, seed=seed, progress=False, patience=patience)
-    config = dataclasses.replace(
-        config, epochs=epochs_for(len(train), epochs, config.batch_size, min_steps)
-    )
+    warm = has_parameters(current)  # a trained head serves: start from it
+    init = current if warm else pipeline.new_head(seed, kind="umci")
+    config = TrainConfig(seed=seed, progress=False, patience=patience)
+    if warm:  # no floor of steps: early stopping on the held-out corrections ends it
+        config = dataclasses.replace(config, epochs=warm_epochs)
+    else:
+        floor = epochs_for(len(train), 1, config.batch_size, min_steps)
+        config = dataclasses.replace(config, epochs=max(epochs, floor), min_epochs=floor)
     result = train_head(pipeline, train, held_out, config, init_head=init)
     metrics, serving_metrics = dict(result.metrics), None
     if held_out:  # both heads on the same held-out corrections
-        metrics = judge_head(pipeline, result.head, held_out)
+        metrics = judge_head(pipeline, result.head, held_out, result.held_out_maps)
         serving_metrics = judge_head(pipeline, current, held_out)
     learn_types(pipeline, result.head, current, train_items, held_items, fetcher, cache,
                 metrics, serving_metrics)  # fmt: skip
@@ -234,6 +250,7 @@ def _retrain(
         "serving_metrics": serving_metrics,
         "train": len(train),
         "held_out": len(held_out),
+        "warm_start": warm,
         "epochs": len(result.losses),
         "best_epoch": result.best_epoch,
         "seconds": round(time.perf_counter() - started, 2),
@@ -242,8 +259,9 @@ def _retrain(
     return summary
 
 
-#: Optimiser steps a retrain takes at least: 10 epochs of 32 corrections are 40 steps, too few
-#: for a fresh head to match the training-free one (docs/method.md §13, "The loop, measured").
+#: Optimiser steps a retrain of a FRESH head takes at least: 10 epochs of 32 corrections are 40
+#: steps, too few for a fresh head to match the training-free one (docs/method.md §13, "The
+#: loop, measured"). A warm start has no floor.
 MIN_STEPS = 160
 
 
@@ -254,15 +272,20 @@ def epochs_for(samples: int, epochs: int, batch_size: int, min_steps: int = MIN_
 
 
 def judge_head(
-    pipeline: Pipeline, head: AnomalyHead, held_out: list[TrainingSample]
+    pipeline: Pipeline,
+    head: AnomalyHead,
+    held_out: list[TrainingSample],
+    maps: HeldOutMaps | None = None,
 ) -> dict[str, float]:
     """What the promotion gate compares (``ModelRegistry.decide``): the held-out pixel metrics
     (mean over classes; AUROC ranks pixels whatever the threshold) and what the annotator sees
     at the head's own calibrated threshold (``training.region_metrics``: region Dice, F1, and
-    whether it returns any region on the held-out defects)."""
+    whether it returns any region on the held-out defects). One pass of the head over
+    ``held_out``, none when its ``maps`` on them are given (``TrainResult.held_out_maps``)."""
+    held = maps if maps is not None else held_out_maps(pipeline, head, held_out)
     return {
-        **evaluate_head(pipeline, head, held_out)["mean"],
-        **head_region_metrics(pipeline, head, held_out),
+        **evaluate_maps(held, head.thresholds)["mean"],
+        **head_region_metrics(pipeline, head, held_out, held),
     }
 
 

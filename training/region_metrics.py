@@ -30,7 +30,7 @@ from clipsam.config import MMRConfig
 from clipsam.heads import AnomalyHead
 from clipsam.pipeline import Pipeline
 from clipsam.refine import find_components
-from training.trainer import TrainingSample
+from training.trainer import HeldOutMaps, TrainingSample, held_out_maps
 
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
@@ -85,23 +85,16 @@ def region_metrics(
 
 @torch.inference_mode()
 def head_region_metrics(
-    pipeline: Pipeline, head: AnomalyHead, samples: Sequence[TrainingSample]
+    pipeline: Pipeline,
+    head: AnomalyHead,
+    samples: Sequence[TrainingSample],
+    held: HeldOutMaps | None = None,
 ) -> dict[str, float]:
-    """:func:`region_metrics` of ``head`` on held-out ``samples``, at its own threshold."""
-    head = head.to(pipeline.device).eval()
-    maps: list[np.ndarray] = []
-    masks: list[np.ndarray] = []
-    step = max(1, pipeline.config.batch_size)
-    by_category: dict[str, list[TrainingSample]] = {}
-    for sample in samples:
-        by_category.setdefault(sample.category, []).append(sample)
-    for category, group in by_category.items():
-        text = pipeline.text_features(category)
-        for start in range(0, len(group), step):
-            chunk = group[start : start + step]
-            amaps = pipeline.coarse_maps([s.features for s in chunk], head, text, calibrated=True)
-            maps += list(amaps.float().cpu().numpy())
-            masks += [s.mask.bool().numpy() for s in chunk]
+    """:func:`region_metrics` of ``head`` on held-out ``samples``, at its own threshold;
+    ``held``: its maps on them, already computed (:func:`training.trainer.held_out_maps`)."""
+    held = held if held is not None else held_out_maps(pipeline, head, samples)
+    maps = [m.numpy() for group in held.calibrated(head.thresholds).values() for m in group]
+    masks = [m.numpy() for group in held.masks.values() for m in group]
     return region_metrics(maps, masks, pipeline.config.mmr)
 
 

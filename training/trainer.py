@@ -57,6 +57,9 @@ class TrainConfig:
     #: best epoch's weights (the starting weights count as epoch 0, so a warm-started head
     #: never ends worse on that loss than it began). None: train every epoch.
     patience: int | None = None
+    #: Early stopping never stops before this many epochs (the best epoch is still the one
+    #: kept): a fresh head's floor of optimiser steps (``correction_loop.retrain.MIN_STEPS``).
+    min_epochs: int = 0
 
 
 @dataclass
@@ -77,6 +80,23 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)  # held-out, mean over classes
     per_class: dict[str, dict[str, float]] = field(default_factory=dict)
     seconds: float = 0.0
+    #: The kept head's raw maps on the held-out samples (None without any), for judging it.
+    held_out_maps: HeldOutMaps | None = None
+
+
+@dataclass
+class HeldOutMaps:
+    """A head's raw coarse maps on held-out samples, per category in the order first seen: one
+    forward pass gives every metric and threshold judged on them (the thresholds only move
+    values, :func:`clipsam.calibration.calibrate_map`, so the weights' maps are reused)."""
+
+    maps: dict[str, Tensor]  # (B, S, S) float, uncalibrated, on the CPU
+    text_scores: dict[str, Tensor]  # (B,) the text part of the image score
+    masks: dict[str, Tensor]  # (B, S, S) bool
+
+    def calibrated(self, thresholds: Thresholds | None) -> dict[str, Tensor]:
+        """The maps as the pipeline serves them with ``thresholds`` (unchanged for None)."""
+        return {c: calibrate_map(m, thresholds) for c, m in self.maps.items()}
 
 
 def prepare_samples(
@@ -152,7 +172,8 @@ def train_head(
     epochs = tqdm(range(config.epochs), desc="training", unit="epoch", disable=not config.progress)
     dtype = autocast_dtype(config.precision or pipeline.config.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)  # fp16 underflows
-    stopper = _EarlyStop(config.patience, held_out, texts, device, size, config.focal_gamma)
+    stopper = _EarlyStop(config.patience, held_out, texts, device, size, config.focal_gamma,
+                         config.min_epochs)  # fmt: skip
     stopper.see(head, 0)
     for epoch in epochs:
         total, count = 0.0, 0
@@ -178,14 +199,15 @@ def train_head(
     head = head.eval().requires_grad_(False).cpu()
     result = TrainResult(head=head, losses=losses, held_out_losses=stopper.losses,
                          best_epoch=stopper.best_epoch if stopper.active else None)  # fmt: skip
-    if held_out:
-        result.per_class = evaluate_head(pipeline, head, held_out)
+    if held_out:  # one pass over the held-out samples: metrics, then the thresholds
+        result.held_out_maps = held_out_maps(pipeline, head, held_out)
+        result.per_class = evaluate_maps(result.held_out_maps)
         result.metrics = result.per_class["mean"]
-        head.thresholds = calibrate_head(pipeline, head, held_out)
+        head.thresholds = thresholds_from_maps(pipeline, result.held_out_maps)
     result.seconds = time.perf_counter() - started
     logger.info(
         "trained %s head: %d samples, %d epochs, %.1f s, final loss %.4f, held-out %s",
-        head.kind, len(train), config.epochs, result.seconds, losses[-1], result.metrics,
+        head.kind, len(train), len(losses), result.seconds, losses[-1], result.metrics,
     )  # fmt: skip
     return result
 
@@ -195,10 +217,11 @@ class _EarlyStop:
 
     def __init__(
         self, patience: int | None, held_out: Sequence[TrainingSample], texts: dict,
-        device: torch.device, size: int, gamma: float,
+        device: torch.device, size: int, gamma: float, min_epochs: int = 0,
     ) -> None:  # fmt: skip
         self.active = patience is not None and bool(held_out)
         self.patience = patience or 0
+        self.min_epochs = min_epochs
         self.held_out, self.texts, self.device = held_out, texts, device
         self.size, self.gamma = size, gamma
         self.losses: list[float] = []
@@ -214,7 +237,7 @@ class _EarlyStop:
         if self.best_state is None or loss < min(self.losses[:-1]):
             self.best_epoch = epoch
             self.best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
-        return epoch - self.best_epoch >= self.patience
+        return epoch >= self.min_epochs and epoch - self.best_epoch >= self.patience
 
     def restore(self, head: AnomalyHead) -> None:
         if self.active and self.best_state is not None:
@@ -236,27 +259,47 @@ class _EarlyStop:
 
 
 @torch.inference_mode()
-def evaluate_head(
+def held_out_maps(
     pipeline: Pipeline, head: AnomalyHead, samples: Sequence[TrainingSample]
-) -> dict[str, dict[str, float]]:
-    """All eight metrics per class on coarse maps at the CLIP input size, plus their mean."""
+) -> HeldOutMaps:
+    """The raw coarse maps (at the CLIP input size) and text scores of ``head`` on ``samples``."""
     head = head.to(pipeline.device).eval()
-    # (maps, masks, scores, labels): labels None, so clipsam.metrics reads them off the masks.
-    per_class: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, None]] = {}
+    held = HeldOutMaps({}, {}, {})
     for category, group in _by_category(samples).items():
         text = pipeline.text_features(category).to(pipeline.device)
         maps, scores = [], []
         for start in range(0, len(group), pipeline.config.batch_size):
             chunk = group[start : start + pipeline.config.batch_size]
-            amaps = pipeline.coarse_maps([s.features for s in chunk], head, text).cpu()
-            maps.append(amaps)
-            scores.append(amaps.flatten(1).max(dim=1).values)
-        masks = torch.stack([s.mask for s in group]).bool().numpy()
-        per_class[category] = (torch.cat(maps).numpy(), masks, torch.cat(scores).numpy(), None)
+            amaps, text_scores = pipeline.score_features(
+                [s.features for s in chunk], head, text, calibrated=False
+            )
+            assert text_scores is not None
+            maps.append(amaps.float().cpu())
+            scores.append(text_scores.float().cpu())
+        held.maps[category], held.text_scores[category] = torch.cat(maps), torch.cat(scores)
+        held.masks[category] = torch.stack([s.mask for s in group]).bool()
+    return held
+
+
+def evaluate_head(
+    pipeline: Pipeline, head: AnomalyHead, samples: Sequence[TrainingSample]
+) -> dict[str, dict[str, float]]:
+    """All eight metrics per class on coarse maps at the CLIP input size, plus their mean."""
+    return evaluate_maps(held_out_maps(pipeline, head, samples), head.thresholds)
+
+
+def evaluate_maps(
+    held: HeldOutMaps, thresholds: Thresholds | None = None
+) -> dict[str, dict[str, float]]:
+    """:func:`evaluate_head` on maps already computed, as served with ``thresholds``."""
+    # (maps, masks, scores, labels): labels None, so clipsam.metrics reads them off the masks.
+    per_class: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, None]] = {}
+    for category, maps in held.calibrated(thresholds).items():
+        scores = maps.flatten(1).max(dim=1).values
+        per_class[category] = (maps.numpy(), held.masks[category].numpy(), scores.numpy(), None)
     return metrics.evaluate_per_class(per_class)
 
 
-@torch.inference_mode()
 def calibrate_head(
     pipeline: Pipeline, head: AnomalyHead, samples: Sequence[TrainingSample]
 ) -> Thresholds | None:
@@ -268,40 +311,31 @@ def calibrate_head(
     maximum; without SAM, which the held-out samples have no images for). None when the
     held-out data has one kind of label only.
     """
-    head = head.to(pipeline.device).eval()
-    maps: list[Tensor] = []
-    text_scores: list[Tensor] = []
-    masks: list[Tensor] = []
-    for category, group in _by_category(samples).items():
-        text = pipeline.text_features(category).to(pipeline.device)
-        for start in range(0, len(group), pipeline.config.batch_size):
-            chunk = group[start : start + pipeline.config.batch_size]
-            amaps, scores = pipeline.score_features(
-                [s.features for s in chunk], head, text, calibrated=False
-            )
-            assert scores is not None
-            maps.append(amaps.cpu())
-            text_scores.append(scores.float().cpu())
-        masks += [s.mask.bool() for s in group]
-    all_maps, all_masks = torch.cat(maps), torch.stack(masks)
+    return thresholds_from_maps(pipeline, held_out_maps(pipeline, head, samples))
+
+
+def thresholds_from_maps(pipeline: Pipeline, held: HeldOutMaps) -> Thresholds | None:
+    """:func:`calibrate_head` on maps already computed."""
+    all_maps = torch.cat(list(held.maps.values()))
+    all_masks = torch.cat(list(held.masks.values()))
     pixel = f1_max_threshold(*_pixel_subsample(all_maps.numpy(), all_masks.numpy()))
     normalised = calibrate_map(all_maps, Thresholds(pixel=pixel))
     weight = pipeline.config.image_score_weight
     peaks = normalised.flatten(1).max(dim=1).values.tolist()
     image_scores = [
         fuse_image_score(s, peak, weight)
-        for s, peak in zip(torch.cat(text_scores).tolist(), peaks, strict=True)
+        for s, peak in zip(torch.cat(list(held.text_scores.values())).tolist(), peaks, strict=True)
     ]
     labels = all_masks.flatten(1).any(dim=1).numpy()
     image = f1_max_threshold(image_scores, labels)
     if pixel is None and image is None:
         return None
     source = (
-        f"F1-max on {len(samples)} held-out images ({int(labels.sum())} defective), "
+        f"F1-max on {len(all_maps)} held-out images ({int(labels.sum())} defective), "
         f"coarse maps at {all_maps.shape[-1]} px, no SAM"
     )
     thresholds = Thresholds(pixel, image, source)
-    logger.info("calibrated %s head: %s", head.kind, thresholds)
+    logger.info("calibrated head: %s", thresholds)
     return thresholds
 
 

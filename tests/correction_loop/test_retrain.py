@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import http.server
 import threading
 from pathlib import Path
@@ -16,12 +17,14 @@ from clipsam.data.world import render_sample
 from clipsam.heads import load_head
 from clipsam.images import load_image
 from clipsam.pipeline_cache import shared_pipeline
+from correction_loop import retrain
 from correction_loop.corrections import correction_from_event
 from correction_loop.registry import ModelRegistry
-from correction_loop.retrain import is_held_out, retrain_job
+from correction_loop.retrain import MIN_STEPS, is_held_out, retrain_job
 from correction_loop.store import CorrectionStore
 from tests.helpers import annotation_event
 from training.defect_types import type_accuracy, type_examples
+from training.trainer import TrainConfig
 
 
 class _CountingFiles(http.server.SimpleHTTPRequestHandler):
@@ -87,23 +90,61 @@ def test_a_job_trains_on_corrections_and_base_data_and_records_why(tmp_path, red
     assert "no serving head" not in summary["reason"] and "serving" in summary["reason"]
     assert store.pending("3") == 0
 
-    # A second job trains from the promoted head and fetches no image again (cached).
+    # The first head was fresh: it trained at least MIN_STEPS steps (2 batches of 11 a epoch).
+    assert not summary["warm_start"] and summary["epochs"] >= MIN_STEPS // 2
+
+    # A second job trains from the promoted head (a warm start: no floor of steps, at most
+    # `warm_epochs`) and fetches no image again (cached).
     fetched = len(_CountingFiles.requests)
-    second = _job(model_dir, redis_server)
+    second = _job(model_dir, redis_server, patience=None, warm_epochs=3)
     assert len(_CountingFiles.requests) - fetched == 1  # only the dead link is retried
     assert ModelRegistry(model_dir).get(second["version"]).parent == summary["version"]
+    assert second["warm_start"] and second["epochs"] == 3
 
     # Early stopping: the epoch with the lowest held-out loss is kept (the serving head, warm
     # started from, is epoch 0: kept, it is the same head, not a new version), and one more
     # epoch without improvement ends the run.
     serving = ModelRegistry(model_dir).serving()
-    third = _job(model_dir, redis_server, patience=1, epochs=4, min_steps=0)
+    third = _job(model_dir, redis_server, patience=1, warm_epochs=4)
     assert third["best_epoch"] is not None and second["best_epoch"] is None
     assert third["epochs"] <= third["best_epoch"] + 1
     if third["best_epoch"] == 0:  # the serving head is neither re-judged nor rejected
         assert serving is not None and third["version"] == serving.version
         assert third["status"] == "unchanged"
         assert ModelRegistry(model_dir).serving() == serving
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("break_it", ["corrupting learning rate", "training masks shuffled"])
+def test_a_warm_start_never_promotes_a_worse_head(tmp_path, redis_server, served, monkeypatch,
+                                                  break_it):  # fmt: skip
+    """From a good serving head, a retrain that can only make it worse ends "unchanged" (early
+    stopping kept the serving head, epoch 0) or "rejected" (the gate), never "promoted": with
+    early stopping, and with it off, where the gate alone must catch it."""
+    store = CorrectionStore(redis_server)
+    for event in served:
+        store.upsert(correction_from_event(event))
+    model_dir = tmp_path / "model_dir"
+    good = _job(model_dir, redis_server)
+    assert good["status"] == "promoted"
+    serving = ModelRegistry(model_dir).serving()
+    assert serving is not None and serving.version == good["version"]
+    if break_it == "corrupting learning rate":
+        monkeypatch.setattr(retrain, "TrainConfig", functools.partial(TrainConfig, lr=10.0))
+    else:  # the training corrections get each other's masks; the held-out ones stay right
+        train = [e for e in served[:-1] if not is_held_out(e["annotation"]["id"], 0.3)]
+        results = [e["annotation"]["result"] for e in train]
+        for event, result in zip(train, results[1:] + results[:1], strict=True):
+            store.upsert(correction_from_event({**event, "annotation": {
+                **event["annotation"], "result": result}}))  # fmt: skip
+    outcomes = {}
+    for patience in (2, None):  # the default early stopping, then none: the gate alone
+        summary = _job(model_dir, redis_server, patience=patience, warm_epochs=4)
+        assert summary["warm_start"], summary
+        outcomes[patience] = summary["status"]
+        assert ModelRegistry(model_dir).serving() == serving, summary
+    print(break_it, outcomes)
+    assert outcomes[2] in ("unchanged", "rejected") and outcomes[None] == "rejected", outcomes
 
 
 def test_a_job_without_usable_corrections_changes_nothing(tmp_path, redis_server, served):
