@@ -15,6 +15,10 @@ SCRIPTS = {
     "encoders.py": (["--arch", "tiny", "--repeats", "1"], "| SAM tiny |"),
     "decoder.py": (["--arch", "tiny", "--repeats", "1", "--components", "3"], "| ours, fp32 |"),
     "training.py": (["--arch", "tiny", "--images", "8", "--epochs", "1"], "s per epoch per 100"),
+    "retrain.py": (
+        ["--arch", "tiny", "--corrections", "10", "--size", "96x96", "--old-epochs", "2"],
+        "CLIP image forwards during the timed retrain: 0**",  # features from the cache
+    ),
     "interactive.py": (
         ["--arch", "tiny", "--size", "128x128", "--clicks", "2", "--baseline-clicks", "1"],
         "| ours, cached: 1 click |",
