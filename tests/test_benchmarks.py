@@ -27,6 +27,10 @@ SCRIPTS = {
         ["--arch", "tiny", "--images", "4", "--size", "128", "--chunk-size", "2", "--workers", "1"],
         "| 1 rq worker(s), ",
     ),
+    "mmr_rules.py": (
+        ["--heldout-per-category", "2", "--train-per-category", "1"],
+        "| no SAM, hysteresis: A > t connected to a component |",
+    ),
     "fewshot.py": (["--categories", "carpet", "--per-category", "3", "--ks", "0,1"], "| 1 |"),
     "defect_types.py": (
         ["--categories", "tablet", "--test-per-type", "1", "--ks", "0", "1"],
