@@ -195,3 +195,20 @@ def test_early_stopping_keeps_the_best_epoch_and_a_warm_start_never_ends_worse(
     # Without patience every epoch runs and nothing is recorded.
     full = train_head(tiny_pipeline, train, held, TrainConfig(epochs=3, progress=False), warm)
     assert len(full.losses) == 3 and full.best_epoch is None and full.held_out_losses == []
+
+
+def test_early_stopping_never_stops_a_fresh_head_before_its_floor(tiny_pipeline, prepared):
+    """``min_epochs`` (a fresh head's MIN_STEPS in the retrain job): patience may end the run
+    only after it, and the best epoch is still the one kept."""
+    defect, good = prepared
+    train, held = defect[:16] + good[:2], _moved(defect[40:46], 40)
+    config = TrainConfig(epochs=8, patience=1, min_epochs=5, progress=False, device="cpu")
+    result = train_head(tiny_pipeline, train, held, config)
+    losses = result.held_out_losses
+    assert 5 <= len(result.losses) <= 8 and len(losses) == len(result.losses) + 1
+    assert result.best_epoch == int(torch.tensor(losses).argmin())
+    if result.best_epoch < 4:  # patience alone would have stopped it before the floor
+        assert len(result.losses) == 5
+    unfloored = train_head(tiny_pipeline, train, held, TrainConfig(
+        epochs=8, patience=1, progress=False, device="cpu"))  # fmt: skip
+    assert len(unfloored.losses) in (unfloored.best_epoch + 1, 8)  # one past the best, or the cap
