@@ -54,8 +54,10 @@ def test_a_worker_killed_mid_training_leaves_serving_intact(tmp_path, monkeypatc
             scheduler = RetrainScheduler(connection, store, policy, job_kwargs={
                 "model_dir": str(model_dir), "preset": "tiny",
                 "pipeline_overrides": {"use_sam": False, "weights": "random"}, "redis_url": redis_server.url,
-                "settings": {"allowed_hosts": ["127.0.0.1"]}, "epochs": 100_000, "holdout": 0.3,
+                "settings": {"allowed_hosts": ["127.0.0.1"]}, "holdout": 0.3,
                 "heartbeat_period": policy.heartbeat,
+                # A warm start (a UMCI head serves) that does not end before it is killed.
+                "warm_epochs": 100_000, "patience": None,
             })  # fmt: skip
             job = scheduler.enqueue("3", "test")
             assert job is not None and scheduler.enqueue("3", "again") is None  # one per project
@@ -86,7 +88,7 @@ def test_a_worker_killed_mid_training_leaves_serving_intact(tmp_path, monkeypatc
             assert len(store.list_project("3")) == 10 and store.pending("3") == 10
 
             # rq still calls the job "started"; its missing heartbeat lets a new one be queued.
-            scheduler.job_kwargs["epochs"] = 2
+            scheduler.job_kwargs["warm_epochs"] = 2
             retry = scheduler.enqueue("3", "after the crash")
             assert retry is not None
             SimpleWorker([Queue(QUEUE_NAME, connection=connection)], connection=connection).work(
