@@ -58,6 +58,7 @@ def loop(tmp_path_factory, corrected):
         model_dir=tmp_path_factory.mktemp("loop") / "model_dir", preset="tiny",
         allowed_hosts=("127.0.0.1",), default_category="widget",
         retrain_every=len(corrected), retrain_epochs=12, retrain_holdout=HOLDOUT, reload_poll=0.5,
+        retrain_patience=0,  # the gate alone judges here (early stopping: test_retrain.py)
     )  # fmt: skip
     app = create_app(settings, ModelService(settings, loader=lambda: pipeline))
     import httpx
