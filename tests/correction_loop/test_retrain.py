@@ -138,13 +138,14 @@ def test_a_warm_start_never_promotes_a_worse_head(tmp_path, redis_server, served
             store.upsert(correction_from_event({**event, "annotation": {
                 **event["annotation"], "result": result}}))  # fmt: skip
     outcomes = {}
-    for patience in (2, None):  # the default early stopping, then none: the gate alone
+    for patience in (retrain.PATIENCE, None):  # the default early stopping, then the gate alone
         summary = _job(model_dir, redis_server, patience=patience, warm_epochs=4)
         assert summary["warm_start"], summary
         outcomes[patience] = summary["status"]
         assert ModelRegistry(model_dir).serving() == serving, summary
     print(break_it, outcomes)
-    assert outcomes[2] in ("unchanged", "rejected") and outcomes[None] == "rejected", outcomes
+    assert outcomes[retrain.PATIENCE] in ("unchanged", "rejected"), outcomes
+    assert outcomes[None] == "rejected", outcomes
 
 
 def test_a_job_without_usable_corrections_changes_nothing(tmp_path, redis_server, served):
