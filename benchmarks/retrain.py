@@ -406,6 +406,8 @@ def _stages(clock: Clock, total: float) -> dict[str, Any]:
 def _format(args: argparse.Namespace, v: dict[str, Any]) -> str:
     import torch
 
+    from correction_loop.retrain import MIN_STEPS
+
     warm, summary, total = v["warm"], v["summary"], v["total"]
     lines = [
         f"# Retrain to serving: `{args.arch}` preset, {args.corrections} corrections, "
@@ -442,7 +444,7 @@ def _format(args: argparse.Namespace, v: dict[str, Any]) -> str:
         reload = warm["rows"][-2][1]
         lines += [
             "",
-            f"## The old default in the same process: no early stopping, at least {MIN_STEPS_TEXT}"
+            f"## The old default in the same process: no early stopping, at least {MIN_STEPS}"
             f" steps ({full} epochs)",
             "",
             f"- called as the job function (no webhook): {timed} of {full} epochs timed, "
@@ -460,9 +462,6 @@ def _format(args: argparse.Namespace, v: dict[str, Any]) -> str:
             f"{'' if timed == full else ' (projected)'} |",
         ]
     return "\n".join(lines) + "\n"
-
-
-MIN_STEPS_TEXT = "160"
 
 
 def main(argv: list[str] | None = None) -> int:
