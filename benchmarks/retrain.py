@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import functools
 import http.server
+import shutil
 import statistics
 import sys
 import tempfile
@@ -332,6 +333,7 @@ def run(args: argparse.Namespace) -> str:
     finally:
         loop.stop()
         server.shutdown()
+        shutil.rmtree(work, ignore_errors=True)  # images, model_dir, the embedded Redis's files
     params = sum(p.numel() for p in serving.parameters())
     return _format(args, locals())
 
