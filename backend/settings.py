@@ -72,7 +72,7 @@ class Settings:
     retrain_heartbeat: float = 30.0
     retrain_epochs: int = 10
     retrain_holdout: float = 0.2
-    #: Early stopping of retrains: epochs without a lower held-out loss (0: every epoch runs).
+    #: Early stopping of retrains: epochs without a higher held-out AUROC (0: every epoch runs).
     retrain_patience: int = 3
     #: Epochs a retrain warm-started from a trained serving head takes at most (no step floor).
     retrain_warm_epochs: int = 10

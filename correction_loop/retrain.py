@@ -63,8 +63,8 @@ logger = logging.getLogger(__name__)
 #: How often a running job says it is alive, by default (``CLIPSAM_RETRAIN_HEARTBEAT``, read by
 #: the backend's settings, which hand it to the scheduler and, through the job, to the worker).
 HEARTBEAT_SECONDS = 30.0
-#: Early stopping by default (``CLIPSAM_RETRAIN_PATIENCE``): epochs without a lower held-out
-#: loss before a retrain stops, keeping its best epoch (docs/method.md §13).
+#: Early stopping by default (``CLIPSAM_RETRAIN_PATIENCE``): epochs without a higher held-out
+#: pixel AUROC before a retrain stops, keeping its best epoch (docs/method.md §13).
 PATIENCE = 3
 #: Epochs a warm-started retrain takes at most (``CLIPSAM_RETRAIN_WARM_EPOCHS``).
 WARM_EPOCHS = 10
@@ -147,9 +147,9 @@ def retrain_job(
     trains ``epochs``, or more on small correction sets, so that it takes at least
     ``min_steps`` optimiser steps (default :data:`MIN_STEPS`).
 
-    ``patience``: stop after that many epochs without a lower loss on the held-out corrections
-    and keep the best epoch (``TrainConfig.patience``; a fresh head is never stopped before its
-    ``min_steps``); None trains every epoch.
+    ``patience``: stop after that many epochs without a higher pixel AUROC on the held-out
+    corrections (``TrainConfig.stop_on``) and keep the best epoch (``TrainConfig.patience``; a
+    fresh head is never stopped before its ``min_steps``); None trains every epoch.
 
     ``settings``: how to fetch images (:meth:`FetchSettings.to_job`; this worker's environment
     when None); the Label Studio API key is always this worker's own.

@@ -173,7 +173,7 @@ def test_early_stopping_keeps_the_best_epoch_and_a_warm_start_never_ends_worse(
     defect, good = prepared
     train = defect[:24] + good[:4]
     warm = train_head(tiny_pipeline, train, config=TrainConfig(epochs=6, progress=False)).head
-    config = TrainConfig(epochs=20, patience=2, progress=False, device="cpu")
+    config = TrainConfig(epochs=20, patience=2, progress=False, device="cpu", stop_on="loss")
 
     # Held-out masks the training cannot reach: the starting weights stay the best.
     held = _moved(defect[40:52], 40)
@@ -202,7 +202,9 @@ def test_early_stopping_never_stops_a_fresh_head_before_its_floor(tiny_pipeline,
     only after it, and the best epoch is still the one kept."""
     defect, good = prepared
     train, held = defect[:16] + good[:2], _moved(defect[40:46], 40)
-    config = TrainConfig(epochs=8, patience=1, min_epochs=5, progress=False, device="cpu")
+    config = TrainConfig(
+        epochs=8, patience=1, min_epochs=5, progress=False, device="cpu", stop_on="loss"
+    )
     result = train_head(tiny_pipeline, train, held, config)
     losses = result.held_out_losses
     assert 5 <= len(result.losses) <= 8 and len(losses) == len(result.losses) + 1
@@ -210,5 +212,28 @@ def test_early_stopping_never_stops_a_fresh_head_before_its_floor(tiny_pipeline,
     if result.best_epoch < 4:  # patience alone would have stopped it before the floor
         assert len(result.losses) == 5
     unfloored = train_head(tiny_pipeline, train, held, TrainConfig(
-        epochs=8, patience=1, progress=False, device="cpu"))  # fmt: skip
+        epochs=8, patience=1, progress=False, device="cpu", stop_on="loss"))  # fmt: skip
     assert len(unfloored.losses) in (unfloored.best_epoch + 1, 8)  # one past the best, or the cap
+
+
+def test_early_stopping_on_the_held_out_auroc_keeps_its_best_epoch(tiny_pipeline, prepared):
+    """The default ``stop_on="auroc"``: the kept epoch is the one with the highest held-out
+    pixel AUROC (the gate's metric), the loss only breaking ties; a warm start that no epoch
+    beats is kept exactly."""
+    defect, good = prepared
+    train = defect[:24] + good[:4]
+    warm = train_head(tiny_pipeline, train, config=TrainConfig(epochs=6, progress=False)).head
+    config = TrainConfig(epochs=12, patience=2, progress=False, device="cpu")
+    held = defect[40:52] + good[5:8]
+    result = train_head(tiny_pipeline, train, held, config, init_head=warm)
+    aurocs, losses = result.held_out_aurocs, result.held_out_losses
+    assert len(aurocs) == len(losses) == len(result.losses) + 1
+    ranks = list(zip(aurocs, [-x for x in losses], strict=True))
+    assert result.best_epoch == max(range(len(ranks)), key=lambda i: (ranks[i], -i))
+    assert len(result.losses) in (result.best_epoch + 2, 12)
+    # Held-out masks out of reach: nothing beats the warm start, which is kept as it was.
+    moved = train_head(tiny_pipeline, train, _moved(defect[40:52], 40), config, init_head=warm)
+    if moved.best_epoch == 0:
+        for name, value in warm.state_dict().items():
+            assert torch.equal(moved.head.state_dict()[name], value), name
+    assert moved.held_out_aurocs[moved.best_epoch] == max(moved.held_out_aurocs)

@@ -14,7 +14,7 @@ import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import numpy as np
 import torch
@@ -60,6 +60,11 @@ class TrainConfig:
     #: Early stopping never stops before this many epochs (the best epoch is still the one
     #: kept): a fresh head's floor of optimiser steps (``correction_loop.retrain.MIN_STEPS``).
     min_epochs: int = 0
+    #: What early stopping watches on the held-out samples: ``auroc``, their pixel AUROC (the
+    #: promotion gate's own metric; the loss breaks ties and stands in where AUROC is undefined,
+    #: e.g. no held-out defect), or ``loss``, the training loss. On 8 held-out images the loss
+    #: can stay flat while the AUROC rises (docs/method.md §13).
+    stop_on: Literal["auroc", "loss"] = "auroc"
 
 
 @dataclass
@@ -76,6 +81,7 @@ class TrainResult:
     head: AnomalyHead
     losses: list[float]  # mean training loss per epoch
     held_out_losses: list[float] = field(default_factory=list)  # per epoch, 0 = the start
+    held_out_aurocs: list[float] = field(default_factory=list)  # the same, with stop_on="auroc"
     best_epoch: int | None = None  # the epoch whose weights were kept (early stopping)
     metrics: dict[str, float] = field(default_factory=dict)  # held-out, mean over classes
     per_class: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -173,7 +179,7 @@ def train_head(
     dtype = autocast_dtype(config.precision or pipeline.config.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)  # fp16 underflows
     stopper = _EarlyStop(config.patience, held_out, texts, device, size, config.focal_gamma,
-                         config.min_epochs)  # fmt: skip
+                         config.min_epochs, config.stop_on)  # fmt: skip
     stopper.see(head, 0)
     for epoch in epochs:
         total, count = 0.0, 0
@@ -192,12 +198,13 @@ def train_head(
         losses.append(total / count)
         epochs.set_postfix(loss=f"{losses[-1]:.4f}")
         if stopper.see(head, epoch + 1):
-            logger.info("early stop after epoch %d: best held-out loss at epoch %d",
-                        epoch + 1, stopper.best_epoch)  # fmt: skip
+            logger.info("early stop after epoch %d: best held-out %s at epoch %d",
+                        epoch + 1, config.stop_on, stopper.best_epoch)  # fmt: skip
             break
     stopper.restore(head)
     head = head.eval().requires_grad_(False).cpu()
     result = TrainResult(head=head, losses=losses, held_out_losses=stopper.losses,
+                         held_out_aurocs=stopper.aurocs,
                          best_epoch=stopper.best_epoch if stopper.active else None)  # fmt: skip
     if held_out:  # one pass over the held-out samples: metrics, then the thresholds
         result.held_out_maps = held_out_maps(pipeline, head, held_out)
@@ -213,18 +220,21 @@ def train_head(
 
 
 class _EarlyStop:
-    """Held-out loss after each epoch; the best weights so far; whether to stop."""
+    """Held-out score after each epoch; the best weights so far; whether to stop."""
 
     def __init__(
         self, patience: int | None, held_out: Sequence[TrainingSample], texts: dict,
         device: torch.device, size: int, gamma: float, min_epochs: int = 0,
+        stop_on: str = "auroc",
     ) -> None:  # fmt: skip
         self.active = patience is not None and bool(held_out)
         self.patience = patience or 0
         self.min_epochs = min_epochs
         self.held_out, self.texts, self.device = held_out, texts, device
-        self.size, self.gamma = size, gamma
+        self.size, self.gamma, self.stop_on = size, gamma, stop_on
         self.losses: list[float] = []
+        self.aurocs: list[float] = []
+        self.ranks: list[tuple[float, float]] = []  # higher is better
         self.best_epoch = 0
         self.best_state: dict[str, Tensor] | None = None
 
@@ -232,9 +242,13 @@ class _EarlyStop:
         """Record ``head`` after ``epoch``; True when it is time to stop."""
         if not self.active:
             return False
-        loss = self._loss(head)
+        loss, auroc = self._scores(head)
         self.losses.append(loss)
-        if self.best_state is None or loss < min(self.losses[:-1]):
+        if self.stop_on == "auroc":
+            self.aurocs.append(auroc)
+        use_auroc = self.stop_on == "auroc" and not math.isnan(auroc)
+        self.ranks.append((auroc if use_auroc else -loss, -loss))
+        if self.best_state is None or self.ranks[-1] > max(self.ranks[:-1]):
             self.best_epoch = epoch
             self.best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
         return epoch >= self.min_epochs and epoch - self.best_epoch >= self.patience
@@ -244,9 +258,14 @@ class _EarlyStop:
             head.load_state_dict(self.best_state)
 
     @torch.no_grad()
-    def _loss(self, head: AnomalyHead) -> float:
+    def _scores(self, head: AnomalyHead) -> tuple[float, float]:
+        """(mean held-out loss, pixel AUROC of the coarse maps over all held-out pixels;
+        nan when the held-out masks are all one class)."""
+        from sklearn.metrics import roc_auc_score
+
         head.eval()
         total = 0.0
+        maps, masks = [], []
         for category, group in _by_category(self.held_out).items():
             for start in range(0, len(group), 8):
                 batch = group[start : start + 8]
@@ -254,8 +273,16 @@ class _EarlyStop:
                 target = torch.stack([s.mask for s in batch]).to(self.device)
                 probabilities = stage_probabilities(logits.float(), self.size)
                 total += stage_loss(probabilities, target, self.gamma).item() * len(batch)
+                if self.stop_on == "auroc":
+                    maps.append(probabilities.mean(1).flatten().cpu())
+                    masks.append(target.flatten().cpu() > 0.5)
         head.train()
-        return total / len(self.held_out)
+        auroc = math.nan
+        if maps:
+            truth = torch.cat(masks).numpy()
+            if 0 < truth.sum() < truth.size:
+                auroc = float(roc_auc_score(truth, torch.cat(maps).numpy()))
+        return total / len(self.held_out), auroc
 
 
 @torch.inference_mode()
