@@ -185,7 +185,7 @@ def train_head(
         total, count = 0.0, 0
         for batch in _batches(train, config.batch_size, generator):
             features = _stack_features(batch, device)
-            target = torch.stack([s.mask for s in batch]).to(device)
+            target = _to(torch.stack([s.mask for s in batch]), device)
             with autocast(device, dtype):
                 logits = head(features, texts[batch[0].category])
             probabilities = stage_probabilities(logits.float(), size)
@@ -270,7 +270,7 @@ class _EarlyStop:
             for start in range(0, len(group), 8):
                 batch = group[start : start + 8]
                 logits = head(_stack_features(batch, self.device), self.texts[category])
-                target = torch.stack([s.mask for s in batch]).to(self.device)
+                target = _to(torch.stack([s.mask for s in batch]), self.device)
                 probabilities = stage_probabilities(logits.float(), self.size)
                 total += stage_loss(probabilities, target, self.gamma).item() * len(batch)
                 if self.stop_on == "auroc":
@@ -383,7 +383,15 @@ def _text_features(pipeline: Pipeline, categories: set[str], device: torch.devic
 
 def _stack_features(batch: Sequence[TrainingSample], device: torch.device) -> dict[str, Tensor]:
     names = batch[0].features.keys()
-    return {n: torch.stack([s.features[n] for s in batch]).to(device).float() for n in names}
+    return {n: _to(torch.stack([s.features[n] for s in batch]), device).float() for n in names}
+
+
+def _to(tensor: Tensor, device: torch.device) -> Tensor:
+    """``tensor`` on ``device``; a CPU tensor bound for a GPU goes through pinned memory, so the
+    copy is asynchronous (cached features live on the CPU; the head trains on the GPU)."""
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def _by_category(samples: Sequence[TrainingSample]) -> dict[str, list[TrainingSample]]:
