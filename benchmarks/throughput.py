@@ -93,10 +93,11 @@ def pick_tau(pipeline: Any, paths: list[Path], share: float, category: str) -> f
 
     from clipsam.images import load_image
 
+    # One image per call: a batch of 8 through SAM's global attention would set the process's
+    # peak memory, which the report reads.
     peaks = sorted(
-        (float(p.anomaly_map.max()) for p in pipeline.predict(
-            [load_image(path) for path in paths], category
-        )),
+        (float(pipeline.predict([load_image(path)], category)[0].anomaly_map.max())
+         for path in paths),
         reverse=True,
     )  # fmt: skip
     cut = round(share * len(peaks))
