@@ -49,7 +49,7 @@ class Seen:
 def observe(pipeline: Any, data: Sequence[Any], swap_prompts: bool = False) -> list[Seen]:
     from clipsam.images import image_hash
     from clipsam.pipeline import resize_map
-    from clipsam.refine import find_components, prompts_for
+    from clipsam.refine import decode_levels, find_components, prompts_for
 
     out = []
     for item in data:
@@ -69,13 +69,7 @@ def observe(pipeline: Any, data: Sequence[Any], swap_prompts: bool = False) -> l
             points, boxes = prompts_for(components, amap.shape, pipeline.config.mmr)
             if swap_prompts:
                 points, boxes = points[..., ::-1].copy(), boxes[:, [1, 0, 3, 2]].copy()
-            for kwargs in (
-                {"points": points, "multimask": True},
-                {"boxes": boxes},
-                {"points": points, "boxes": boxes},
-            ):
-                masks, iou = pipeline.sam.decode(embedding, amap.shape, **kwargs)
-                levels.append((masks.cpu().numpy(), iou.float().cpu().numpy()))
+            levels = decode_levels(pipeline.sam, embedding, amap.shape, points, boxes)
         out.append(Seen(amap, union, levels, item.mask))
     return out
 
@@ -87,12 +81,13 @@ def sam_union(seen: Seen) -> np.ndarray:
     return union
 
 
-def specified(seen: Seen, t: float, lambdas: Sequence[float] = (0.5, 0.5, 0.5)) -> np.ndarray:
-    """Method spec §3: (A + Σ λ·IoU·M) / (1 + Σ λ) > t, inside components ∪ SAM's masks."""
-    fused = seen.amap.astype(np.float32).copy()
-    for weight, (masks, iou) in zip(lambdas, seen.sam, strict=False):
-        fused += weight * (np.clip(iou, 0, 1)[:, None, None] * masks).max(0)
-    fused /= 1 + sum(lambdas)
+def specified(seen: Seen, t: float) -> np.ndarray:
+    """Method spec §3 (``clipsam.refine.fuse``, default λ): the fused map > t, inside
+    components ∪ SAM's masks."""
+    from clipsam.config import MMRConfig
+    from clipsam.refine import fuse
+
+    fused = fuse(seen.amap, seen.sam, MMRConfig().lambdas)
     return (fused > t) & (seen.components | sam_union(seen))
 
 

@@ -98,17 +98,35 @@ def refine(
     """Run the three prompt levels (one decoder call each) and fuse them with ``amap``."""
     shape = (int(amap.shape[0]), int(amap.shape[1]))
     points, boxes = prompts_for(components, shape, config)
+    levels = decode_levels(sam, embedding, shape, points, boxes)
+    union = np.logical_or.reduce([masks for masks, _ in levels])
+    return Refinement(fuse(amap, levels, config.lambdas), list(union))
+
+
+Level = tuple[np.ndarray, np.ndarray]  # masks (K, H, W) bool, SAM's predicted IoU (K,)
+
+
+def decode_levels(
+    sam: SamBackbone,
+    embedding: Tensor,
+    shape: tuple[int, int],
+    points: np.ndarray,
+    boxes: np.ndarray,
+) -> list[Level]:
+    """MMR's three prompt levels, each one decoder call batched over the components: L1 the
+    point (multimask, the best of three), L2 the box, L3 point + box."""
     levels = (
         sam.decode(embedding, shape, points=points, multimask=True),
         sam.decode(embedding, shape, boxes=boxes),
         sam.decode(embedding, shape, points=points, boxes=boxes),
     )
+    return [(masks.cpu().numpy(), iou.float().cpu().numpy()) for masks, iou in levels]
+
+
+def fuse(amap: np.ndarray, levels: list[Level], lambdas: tuple[float, ...]) -> np.ndarray:
+    """The fused map (A + Σ λ_l · M_l) / (1 + Σ λ), M_l = max over components of IoU × mask."""
     fused = amap.astype(np.float32).copy()
-    union = np.zeros((len(components), *shape), dtype=bool)
-    for weight, (masks, iou) in zip(config.lambdas, levels, strict=True):
-        masks_np = masks.cpu().numpy()
-        soft = (iou.clamp(0, 1).cpu().numpy()[:, None, None] * masks_np).max(axis=0)
-        fused += weight * soft
-        union |= masks_np
-    fused /= 1.0 + sum(config.lambdas)
-    return Refinement(np.clip(fused, 0.0, 1.0), list(union))
+    for weight, (masks, iou) in zip(lambdas, levels, strict=True):
+        fused += weight * (np.clip(iou, 0, 1)[:, None, None] * masks).max(axis=0)
+    fused /= 1.0 + sum(lambdas)
+    return np.clip(fused, 0.0, 1.0)
