@@ -229,7 +229,7 @@ def _retrain(
     )
     if serving is not None and candidate.version == serving.version:
         # Early stopping kept the warm start: the serving head itself, nothing to judge.
-        status, why = "unchanged", "no epoch beat the serving head on the held-out loss"
+        status, why = "unchanged", "no epoch beat the serving head on the held-out corrections"
     else:
         ok, why = registry.decide(candidate.version, metrics, serving_metrics)
         if ok:

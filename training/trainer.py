@@ -261,8 +261,6 @@ class _EarlyStop:
     def _scores(self, head: AnomalyHead) -> tuple[float, float]:
         """(mean held-out loss, pixel AUROC of the coarse maps over all held-out pixels;
         nan when the held-out masks are all one class)."""
-        from sklearn.metrics import roc_auc_score
-
         head.eval()
         total = 0.0
         maps, masks = [], []
@@ -274,14 +272,14 @@ class _EarlyStop:
                 probabilities = stage_probabilities(logits.float(), self.size)
                 total += stage_loss(probabilities, target, self.gamma).item() * len(batch)
                 if self.stop_on == "auroc":
-                    maps.append(probabilities.mean(1).flatten().cpu())
-                    masks.append(target.flatten().cpu() > 0.5)
+                    maps.append(probabilities.mean(1).cpu())  # the coarse map A
+                    masks.append(target.cpu() > 0.5)
         head.train()
         auroc = math.nan
         if maps:
             truth = torch.cat(masks).numpy()
-            if 0 < truth.sum() < truth.size:
-                auroc = float(roc_auc_score(truth, torch.cat(maps).numpy()))
+            if 0 < truth.sum() < truth.size:  # else undefined: the loss stands in, quietly
+                auroc = metrics.pixel_auroc(torch.cat(maps).numpy(), truth)
         return total / len(self.held_out), auroc
 
 
