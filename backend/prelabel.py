@@ -373,8 +373,8 @@ def _run_in_process(
         ThreadPoolExecutor(loaders, thread_name_prefix="prelabel-ahead") as pool,
     ):
         jobs = ([item.job() for item in chunk] for chunk in chunks)
+        threshold, preset = options["verdict_threshold"], options["preset"]
         for items, images in load_ahead(jobs, fetcher, settings, pool):
-            threshold, preset = options["verdict_threshold"], options["preset"]
             finish(
                 predict_chunk(pipeline, fetcher, settings, spec, items, threshold, preset, images)
             )

