@@ -280,6 +280,7 @@ def loop_settings(settings: Settings) -> LoopSettings:
         retrain_holdout=settings.retrain_holdout,
         retrain_patience=settings.retrain_patience,
         retrain_warm_epochs=settings.retrain_warm_epochs,
+        retrain_promote_early=settings.retrain_promote_early,
         retrain_heartbeat=settings.retrain_heartbeat,
         base_data=settings.base_data,
         inprocess_worker=settings.inprocess_worker,

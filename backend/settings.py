@@ -76,6 +76,8 @@ class Settings:
     retrain_patience: int = 3
     #: Epochs a retrain warm-started from a trained serving head takes at most (no step floor).
     retrain_warm_epochs: int = 10
+    #: Serve the first epoch that passes the gate while the retrain goes on (the best one later).
+    retrain_promote_early: bool = True
     #: Extra labelled datasets mixed into every retrain (``mvtec:PATH,visa:PATH``).
     base_data: tuple[str, ...] = ()
     #: Run retraining jobs inside this process (default: only with the embedded Redis).
@@ -156,6 +158,7 @@ class Settings:
             retrain_holdout=number("CLIPSAM_RETRAIN_HOLDOUT", cls.retrain_holdout, float),
             retrain_patience=number("CLIPSAM_RETRAIN_PATIENCE", cls.retrain_patience),
             retrain_warm_epochs=number("CLIPSAM_RETRAIN_WARM_EPOCHS", cls.retrain_warm_epochs),
+            retrain_promote_early=_flag(text("CLIPSAM_RETRAIN_PROMOTE_EARLY"), True),
             base_data=items("CLIPSAM_BASE_DATA"),
             inprocess_worker=_flag(text("CLIPSAM_INPROCESS_WORKER"), None),
             reload_poll=number("CLIPSAM_RELOAD_POLL", cls.reload_poll, float),

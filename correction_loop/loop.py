@@ -52,6 +52,7 @@ class LoopSettings:
     retrain_holdout: float = 0.2
     retrain_patience: int = PATIENCE  # 0: no early stopping
     retrain_warm_epochs: int = WARM_EPOCHS  # a warm start's epochs at most
+    retrain_promote_early: bool = True  # serve the first better epoch while training goes on
     retrain_heartbeat: float = 30.0
     #: Extra labelled datasets mixed into every retrain (``mvtec:PATH``...).
     base_data: tuple[str, ...] = ()
@@ -191,6 +192,7 @@ class CorrectionLoop:
             "holdout": s.retrain_holdout,
             "patience": s.retrain_patience or None,
             "warm_epochs": s.retrain_warm_epochs,
+            "promote_early": s.retrain_promote_early,
             "base_data": list(s.base_data) or None,
             "heartbeat_period": s.retrain_heartbeat,  # the scheduler waits two of these
         }

@@ -48,6 +48,7 @@ from training.head_check import pipeline_shapes
 from training.region_metrics import head_region_metrics
 from training.trainer import (
     HeldOutMaps,
+    Improvement,
     TrainConfig,
     TrainingSample,
     evaluate_maps,
@@ -139,6 +140,7 @@ def retrain_job(
     heartbeat_period: float = HEARTBEAT_SECONDS,
     patience: int | None = PATIENCE,
     warm_epochs: int = WARM_EPOCHS,
+    promote_early: bool = True,
 ) -> dict[str, Any]:
     """Train from the serving head on the project's corrections; promote or reject.
 
@@ -150,6 +152,10 @@ def retrain_job(
     ``patience``: stop after that many epochs without a higher pixel AUROC on the held-out
     corrections (``TrainConfig.stop_on``) and keep the best epoch (``TrainConfig.patience``; a
     fresh head is never stopped before its ``min_steps``); None trains every epoch.
+
+    ``promote_early``: the first epoch that beats the serving head on the held-out AUROC and
+    passes the gate serves at once, while training goes on (the person who corrected waits one
+    epoch, not all of them); the best epoch then replaces it if it passes the gate against it.
 
     ``settings``: how to fetch images (:meth:`FetchSettings.to_job`; this worker's environment
     when None); the Label Studio API key is always this worker's own.
@@ -163,7 +169,7 @@ def retrain_job(
         return _retrain(connection, project, reason, model_dir, preset, pipeline_overrides,
                         settings, epochs, holdout, base_data, seed,
                         MIN_STEPS if min_steps is None else min_steps, patience,
-                        warm_epochs)  # fmt: skip
+                        warm_epochs, promote_early)  # fmt: skip
 
 
 def _retrain(
@@ -181,6 +187,7 @@ def _retrain(
     min_steps: int,
     patience: int | None = None,
     warm_epochs: int = WARM_EPOCHS,
+    promote_early: bool = True,
 ) -> dict[str, Any]:
     started = time.perf_counter()
     overrides = dict(pipeline_overrides or {})
@@ -213,33 +220,35 @@ def _retrain(
     else:
         floor = epochs_for(len(train), 1, config.batch_size, min_steps)
         config = dataclasses.replace(config, epochs=max(epochs, floor), min_epochs=floor)
-    result = train_head(pipeline, train, held_out, config, init_head=init)
-    metrics, serving_metrics = dict(result.metrics), None
-    if held_out:  # both heads on the same held-out corrections
-        metrics = judge_head(pipeline, result.head, held_out, result.held_out_maps)
-        serving_metrics = judge_head(pipeline, current, held_out)
-    learn_types(pipeline, result.head, current, train_items, held_items, fetcher, cache,
-                metrics, serving_metrics)  # fmt: skip
     extra = {"project": project, "reason": reason, "train": len(train), "held_out": len(held_out)}
-    candidate = registry.register(
-        result.head,
-        metrics,
-        parent=serving.version if serving else current.version,
-        extra=extra,
-    )
-    if serving is not None and candidate.version == serving.version:
-        # Early stopping kept the warm start: the serving head itself, nothing to judge.
-        status, why = "unchanged", "no epoch beat the serving head on the held-out corrections"
+    gate = _Gate(pipeline, registry, held_out, current,
+                 serving.version if serving else current.version, extra, started)  # fmt: skip
+    early = gate.offer_early if promote_early and held_out else None
+    if held_out and not warm:  # the training-free head: not what training starts from
+        gate.serving_metrics = judge_head(pipeline, current, held_out)
+    result = train_head(pipeline, train, held_out, config, init_head=init, on_improved=early)
+    metrics = dict(result.metrics)
+    if held_out:  # both heads on the same held-out corrections (maps from the training's checks)
+        metrics = judge_head(pipeline, result.head, held_out, result.held_out_maps)
+        if gate.serving_metrics is None:
+            gate.serving_metrics = judge_head(pipeline, current, held_out, result.start_maps)
+    serving_metrics = gate.first_serving_metrics or gate.serving_metrics
+    learn_types(pipeline, result.head, current, train_items, held_items, fetcher, cache,
+                metrics, gate.serving_metrics)  # fmt: skip
+    candidate = registry.register(result.head, metrics, parent=gate.parent, extra=extra)
+    if candidate.version == gate.parent:
+        if gate.early is None:  # early stopping kept the warm start: nothing to judge
+            status, why = "unchanged", "no epoch beat the serving head on the held-out corrections"
+        else:  # the best epoch is the one promoted early
+            status, why = "promoted", gate.early["reason"]
     else:
-        ok, why = registry.decide(candidate.version, metrics, serving_metrics)
-        if ok:
-            try:  # the head proves itself on this very backbone before it serves
-                registry.promote(candidate.version, why, shapes=pipeline_shapes(pipeline))
-            except RegistryError as exc:
-                ok, why = False, str(exc)
+        ok, why = gate.promote(candidate.version, metrics)
         if not ok:
             registry.reject(candidate.version, why)
-        status = "promoted" if ok else "rejected"
+        status = "promoted" if ok or gate.early else "rejected"
+        if gate.early and not ok:  # the early head stays: the best epoch did not beat it
+            candidate = registry.get(gate.early["version"])
+            why = f"{gate.early['reason']}; the best epoch was rejected: {why}"
     store.reset_pending(project, seen)
     summary = {
         "project": project,
@@ -248,6 +257,7 @@ def _retrain(
         "reason": why,
         "metrics": metrics,
         "serving_metrics": serving_metrics,
+        "early": gate.early,
         "train": len(train),
         "held_out": len(held_out),
         "warm_start": warm,
@@ -257,6 +267,66 @@ def _retrain(
     }
     logger.info("retrain of project %s: %s", project, summary)
     return summary
+
+
+class _Gate:
+    """Judges a retrain's candidates against the head serving now and promotes those the gate
+    passes: at most one early (the first better epoch, while training goes on), then the best."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        registry: ModelRegistry,
+        held_out: list[TrainingSample],
+        serving_head: AnomalyHead,
+        parent: str | None,
+        extra: dict[str, Any],
+        started: float,
+    ) -> None:
+        self.pipeline, self.registry, self.held_out = pipeline, registry, held_out
+        self.serving_head = serving_head
+        self.parent, self.extra, self.started = parent, extra, started
+        #: The serving head's judged metrics: the one the retrain started from, then the early one.
+        self.serving_metrics: dict[str, float] | None = None
+        self.first_serving_metrics: dict[str, float] | None = None
+        #: What was promoted early: version, epoch, seconds since the job started, reason.
+        self.early: dict[str, Any] | None = None
+
+    def offer_early(self, better: Improvement) -> None:
+        """``train_head``'s ``on_improved``: promote the first better epoch that passes."""
+        if self.early is not None:
+            return
+        if self.serving_metrics is None:  # a warm start: the serving head is epoch 0
+            self.serving_metrics = judge_head(self.pipeline, self.serving_head, self.held_out,
+                                              better.start_maps)  # fmt: skip
+        epoch = better.epoch
+        metrics = judge_head(self.pipeline, better.head, self.held_out, better.maps)
+        ok, _ = self.registry.decide(f"epoch {epoch}", metrics, self.serving_metrics)
+        if not ok:  # nothing registered: the best epoch is judged at the end
+            return
+        candidate = self.registry.register(better.head, metrics, parent=self.parent,
+                                           extra={**self.extra, "epoch": epoch})  # fmt: skip
+        ok, why = self.promote(candidate.version, metrics)
+        if not ok:
+            self.registry.reject(candidate.version, why)
+            return
+        seconds = round(time.perf_counter() - self.started, 2)
+        self.early = {"version": candidate.version, "epoch": epoch, "seconds": seconds,
+                      "reason": f"epoch {epoch} promoted early ({seconds} s): {why}"}  # fmt: skip
+        logger.info("retrain: %s", self.early["reason"])
+
+    def promote(self, version: str, metrics: dict[str, float]) -> tuple[bool, str]:
+        """Gate ``version`` against the serving head and serve it if it passes."""
+        ok, why = self.registry.decide(version, metrics, self.serving_metrics)
+        if ok:
+            try:  # the head proves itself on this very backbone before it serves
+                self.registry.promote(version, why, shapes=pipeline_shapes(self.pipeline))
+            except RegistryError as exc:
+                return False, str(exc)
+            self.parent = version
+            self.first_serving_metrics = self.first_serving_metrics or self.serving_metrics
+            self.serving_metrics = metrics
+        return ok, why
 
 
 #: Optimiser steps a retrain of a FRESH head takes at least: 10 epochs of 32 corrections are 40

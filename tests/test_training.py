@@ -217,20 +217,34 @@ def test_early_stopping_never_stops_a_fresh_head_before_its_floor(tiny_pipeline,
 
 
 def test_early_stopping_on_the_held_out_auroc_keeps_its_best_epoch(tiny_pipeline, prepared):
-    """The default ``stop_on="auroc"``: the kept epoch is the one with the highest held-out
-    pixel AUROC (the gate's metric), the loss only breaking ties; a warm start that no epoch
-    beats is kept exactly."""
+    """The default ``stop_on="auroc"``: the kept epoch is the first with the highest held-out
+    pixel AUROC (the gate's metric); its maps and the start's come from the checks themselves,
+    equal to a pass of their own; each new best is handed out, servable, as it happens; a warm
+    start that no epoch beats is kept exactly."""
+    from training.trainer import held_out_maps
+
     defect, good = prepared
     train = defect[:24] + good[:4]
     warm = train_head(tiny_pipeline, train, config=TrainConfig(epochs=6, progress=False)).head
     config = TrainConfig(epochs=12, patience=2, progress=False, device="cpu")
     held = defect[40:52] + good[5:8]
-    result = train_head(tiny_pipeline, train, held, config, init_head=warm)
-    aurocs, losses = result.held_out_aurocs, result.held_out_losses
-    assert len(aurocs) == len(losses) == len(result.losses) + 1
-    ranks = list(zip(aurocs, [-x for x in losses], strict=True))
-    assert result.best_epoch == max(range(len(ranks)), key=lambda i: (ranks[i], -i))
+    improved: list[tuple[int, dict]] = []
+    result = train_head(tiny_pipeline, train, held, config, init_head=warm,
+                        on_improved=lambda b: improved.append((b.epoch, b.head.state_dict())))  # fmt: skip
+    aurocs = result.held_out_aurocs
+    assert len(aurocs) == len(result.losses) + 1 and result.held_out_losses == []
+    assert result.best_epoch == aurocs.index(max(aurocs))  # a tie keeps the earlier epoch
     assert len(result.losses) in (result.best_epoch + 2, 12)
+    records = [e for e in range(1, len(aurocs)) if aurocs[e] > max(aurocs[:e])]
+    assert [e for e, _ in improved] == records
+    if improved:  # the last one handed out is the head kept
+        for name, value in result.head.state_dict().items():
+            assert torch.equal(improved[-1][1][name], value), name
+    for kept, head in ((result.held_out_maps, result.head), (result.start_maps, warm)):
+        assert kept is not None
+        fresh = held_out_maps(tiny_pipeline, head, held)
+        for category, maps in fresh.maps.items():
+            torch.testing.assert_close(kept.maps[category], maps)
     # Held-out masks out of reach: nothing beats the warm start, which is kept as it was.
     moved = train_head(tiny_pipeline, train, _moved(defect[40:52], 40), config, init_head=warm)
     if moved.best_epoch == 0:

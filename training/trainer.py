@@ -12,7 +12,7 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
@@ -60,10 +60,11 @@ class TrainConfig:
     #: Early stopping never stops before this many epochs (the best epoch is still the one
     #: kept): a fresh head's floor of optimiser steps (``correction_loop.retrain.MIN_STEPS``).
     min_epochs: int = 0
-    #: What early stopping watches on the held-out samples: ``auroc``, their pixel AUROC (the
-    #: promotion gate's own metric; the loss breaks ties and stands in where AUROC is undefined,
-    #: e.g. no held-out defect), or ``loss``, the training loss. On 8 held-out images the loss
-    #: can stay flat while the AUROC rises (docs/method.md §13).
+    #: What early stopping watches on the held-out samples: ``auroc``, the pixel AUROC of the
+    #: maps the promotion gate judges (the same pass, so judging reuses it; a tie keeps the
+    #: earlier epoch; the loss stands in where AUROC is undefined, e.g. no held-out defect), or
+    #: ``loss``, the training loss. On 8 held-out images the loss can stay flat while the AUROC
+    #: rises (docs/method.md §13).
     stop_on: Literal["auroc", "loss"] = "auroc"
 
 
@@ -88,6 +89,9 @@ class TrainResult:
     seconds: float = 0.0
     #: The kept head's raw maps on the held-out samples (None without any), for judging it.
     held_out_maps: HeldOutMaps | None = None
+    #: The starting head's (``init_head``'s) raw maps on them, where early stopping checked it
+    #: on the AUROC: judging the serving head it started from needs no pass of its own.
+    start_maps: HeldOutMaps | None = None
 
 
 @dataclass
@@ -151,14 +155,29 @@ def has_parameters(head: AnomalyHead) -> bool:
     return any(True for _ in head.parameters())
 
 
+@dataclass
+class Improvement:
+    """What ``train_head``'s ``on_improved`` is given each time early stopping (on the AUROC)
+    sees a new best epoch."""
+
+    head: AnomalyHead  # a servable copy: eval mode, on the CPU, calibrated on ``maps``
+    epoch: int
+    maps: HeldOutMaps  # its raw maps on the held-out samples
+    start_maps: HeldOutMaps | None  # the starting head's (epoch 0)
+
+
 def train_head(
     pipeline: Pipeline,
     train: Sequence[TrainingSample],
     held_out: Sequence[TrainingSample] = (),
     config: TrainConfig | None = None,
     init_head: AnomalyHead | None = None,
+    on_improved: Callable[[Improvement], None] | None = None,
 ) -> TrainResult:
-    """Train a head (a copy of ``init_head``, or a fresh one) and score it on ``held_out``."""
+    """Train a head (a copy of ``init_head``, or a fresh one) and score it on ``held_out``.
+
+    ``on_improved``: called with an :class:`Improvement` at each new best epoch (early stopping
+    on the AUROC only); the retrain job serves a better head from it before training ends."""
     config = config or TrainConfig()
     if not train:
         raise ValueError("no training samples")
@@ -178,8 +197,7 @@ def train_head(
     epochs = tqdm(range(config.epochs), desc="training", unit="epoch", disable=not config.progress)
     dtype = autocast_dtype(config.precision or pipeline.config.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)  # fp16 underflows
-    stopper = _EarlyStop(config.patience, held_out, texts, device, size, config.focal_gamma,
-                         config.min_epochs, config.stop_on)  # fmt: skip
+    stopper = _EarlyStop(pipeline, config, held_out, texts, device)
     stopper.see(head, 0)
     for epoch in epochs:
         total, count = 0.0, 0
@@ -197,17 +215,22 @@ def train_head(
             total, count = total + loss.item() * len(batch), count + len(batch)
         losses.append(total / count)
         epochs.set_postfix(loss=f"{losses[-1]:.4f}")
-        if stopper.see(head, epoch + 1):
+        stop = stopper.see(head, epoch + 1)
+        if on_improved and stopper.best_epoch == epoch + 1 and stopper.best_maps is not None:
+            maps = stopper.best_maps
+            finished = _finished(pipeline, head, maps)
+            on_improved(Improvement(finished, epoch + 1, maps, stopper.start_maps))
+        if stop:
             logger.info("early stop after epoch %d: best held-out %s at epoch %d",
                         epoch + 1, config.stop_on, stopper.best_epoch)  # fmt: skip
             break
     stopper.restore(head)
     head = head.eval().requires_grad_(False).cpu()
     result = TrainResult(head=head, losses=losses, held_out_losses=stopper.losses,
-                         held_out_aurocs=stopper.aurocs,
+                         held_out_aurocs=stopper.aurocs, start_maps=stopper.start_maps,
                          best_epoch=stopper.best_epoch if stopper.active else None)  # fmt: skip
-    if held_out:  # one pass over the held-out samples: metrics, then the thresholds
-        result.held_out_maps = held_out_maps(pipeline, head, held_out)
+    if held_out:  # one pass over the held-out samples (none when early stopping made it)
+        result.held_out_maps = stopper.best_maps or held_out_maps(pipeline, head, held_out)
         result.per_class = evaluate_maps(result.held_out_maps)
         result.metrics = result.per_class["mean"]
         head.thresholds = thresholds_from_maps(pipeline, result.held_out_maps)
@@ -219,37 +242,64 @@ def train_head(
     return result
 
 
+def _finished(pipeline: Pipeline, head: AnomalyHead, maps: HeldOutMaps) -> AnomalyHead:
+    """A servable copy of the training ``head``: eval mode, on the CPU, calibrated on ``maps``."""
+    done = copy.deepcopy(head).eval().requires_grad_(False).cpu()
+    done.thresholds = thresholds_from_maps(pipeline, maps)
+    return done
+
+
 class _EarlyStop:
-    """Held-out score after each epoch; the best weights so far; whether to stop."""
+    """Held-out score after each epoch; the best weights so far; whether to stop.
+
+    On the AUROC, each check is :func:`held_out_maps`, the pass judging and calibration use, so
+    the start's and the best epoch's maps are kept for them (two passes fewer per retrain)."""
 
     def __init__(
-        self, patience: int | None, held_out: Sequence[TrainingSample], texts: dict,
-        device: torch.device, size: int, gamma: float, min_epochs: int = 0,
-        stop_on: str = "auroc",
-    ) -> None:  # fmt: skip
-        self.active = patience is not None and bool(held_out)
-        self.patience = patience or 0
-        self.min_epochs = min_epochs
-        self.held_out, self.texts, self.device = held_out, texts, device
-        self.size, self.gamma, self.stop_on = size, gamma, stop_on
+        self,
+        pipeline: Pipeline,
+        config: TrainConfig,
+        held_out: Sequence[TrainingSample],
+        texts: dict,
+        device: torch.device,
+    ) -> None:
+        self.pipeline, self.held_out, self.texts, self.device = pipeline, held_out, texts, device
+        self.active = config.patience is not None and bool(held_out)
+        self.patience = config.patience or 0
+        self.min_epochs = config.min_epochs
+        self.gamma = config.focal_gamma
+        self.size = pipeline.clip.config.image_size
+        defects = sum(int(s.mask.any()) for s in held_out)
+        pixels_of_both = any(not s.mask.all() for s in held_out)
+        #: AUROC needs defect and normal pixels; without them the loss stands in, quietly.
+        self.on_maps = config.stop_on == "auroc" and defects > 0 and pixels_of_both
         self.losses: list[float] = []
         self.aurocs: list[float] = []
-        self.ranks: list[tuple[float, float]] = []  # higher is better
+        self.best_rank = -math.inf
         self.best_epoch = 0
         self.best_state: dict[str, Tensor] | None = None
+        self.start_maps: HeldOutMaps | None = None
+        self.best_maps: HeldOutMaps | None = None
 
     def see(self, head: AnomalyHead, epoch: int) -> bool:
         """Record ``head`` after ``epoch``; True when it is time to stop."""
         if not self.active:
             return False
-        loss, auroc = self._scores(head)
-        self.losses.append(loss)
-        if self.stop_on == "auroc":
-            self.aurocs.append(auroc)
-        use_auroc = self.stop_on == "auroc" and not math.isnan(auroc)
-        self.ranks.append((auroc if use_auroc else -loss, -loss))
-        if self.best_state is None or self.ranks[-1] > max(self.ranks[:-1]):
-            self.best_epoch = epoch
+        maps = None
+        if self.on_maps:
+            maps = self._maps(head)
+            rank = metrics.pixel_auroc(
+                torch.cat(list(maps.maps.values())).numpy(),
+                torch.cat(list(maps.masks.values())).numpy(),
+            )
+            self.aurocs.append(rank)
+            if epoch == 0:
+                self.start_maps = maps
+        else:
+            self.losses.append(self._loss(head))
+            rank = -self.losses[-1]
+        if self.best_state is None or rank > self.best_rank:  # a tie keeps the earlier epoch
+            self.best_rank, self.best_epoch, self.best_maps = rank, epoch, maps
             self.best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
         return epoch >= self.min_epochs and epoch - self.best_epoch >= self.patience
 
@@ -257,13 +307,18 @@ class _EarlyStop:
         if self.active and self.best_state is not None:
             head.load_state_dict(self.best_state)
 
+    def _maps(self, head: AnomalyHead) -> HeldOutMaps:
+        """:func:`held_out_maps` of the training head, which stays where it trains."""
+        same = self.device == self.pipeline.device
+        maps = held_out_maps(self.pipeline, head if same else copy.deepcopy(head), self.held_out)
+        head.train()
+        return maps
+
     @torch.no_grad()
-    def _scores(self, head: AnomalyHead) -> tuple[float, float]:
-        """(mean held-out loss, pixel AUROC of the coarse maps over all held-out pixels;
-        nan when the held-out masks are all one class)."""
+    def _loss(self, head: AnomalyHead) -> float:
+        """Mean training loss on the held-out samples."""
         head.eval()
         total = 0.0
-        maps, masks = [], []
         for category, group in _by_category(self.held_out).items():
             for start in range(0, len(group), 8):
                 batch = group[start : start + 8]
@@ -271,16 +326,8 @@ class _EarlyStop:
                 target = _to(torch.stack([s.mask for s in batch]), self.device)
                 probabilities = stage_probabilities(logits.float(), self.size)
                 total += stage_loss(probabilities, target, self.gamma).item() * len(batch)
-                if self.stop_on == "auroc":
-                    maps.append(probabilities.mean(1).cpu())  # the coarse map A
-                    masks.append(target.cpu() > 0.5)
         head.train()
-        auroc = math.nan
-        if maps:
-            truth = torch.cat(masks).numpy()
-            if 0 < truth.sum() < truth.size:  # else undefined: the loss stands in, quietly
-                auroc = metrics.pixel_auroc(torch.cat(maps).numpy(), truth)
-        return total / len(self.held_out), auroc
+        return total / len(self.held_out)
 
 
 @torch.inference_mode()

@@ -192,6 +192,7 @@ def run_loop(
     settings = Settings(
         model_dir=tmp / "model_dir", preset="tiny", allowed_hosts=("127.0.0.1",),
         default_category=category, retrain_every=CORRECTIONS, reload_poll=0.5,
+        retrain_promote_early=False,  # one head judged: what the whole retrain returns
     )  # fmt: skip
     if epochs is not None:
         settings = dataclasses.replace(settings, retrain_epochs=epochs)

@@ -84,9 +84,20 @@ def test_a_job_trains_on_corrections_and_base_data_and_records_why(tmp_path, red
     assert summary["train"] == trained + 4  # corrections + the 4 base images
     assert summary["status"] == "promoted"  # the first trained head beats the training-free one
     registry = ModelRegistry(model_dir)
-    (version,) = registry.versions()
-    assert version.version == summary["version"] and version.status == "promoted"
+    versions = {v.version: v for v in registry.versions()}
+    version = versions[summary["version"]]
+    assert version.status == "promoted" and registry.serving() == version
     assert version.extra["train"] == summary["train"] and version.metrics["pixel_auroc"] > 0
+    # The first epoch that passed the gate served while training went on; the best replaced it.
+    early = summary["early"]
+    print("early promotion", early, "best epoch", summary["best_epoch"], summary["seconds"], "s")
+    assert early is not None and early["seconds"] < summary["seconds"]
+    assert 1 <= early["epoch"] <= summary["best_epoch"]
+    if early["version"] == summary["version"]:  # the best epoch was the early one
+        assert early["epoch"] == summary["best_epoch"] and len(versions) == 1
+    else:
+        assert versions[early["version"]].status == "retired" and len(versions) == 2
+        assert version.parent == early["version"] and versions[early["version"]].extra["epoch"]
     assert "no serving head" not in summary["reason"] and "serving" in summary["reason"]
     assert store.pending("3") == 0
 
