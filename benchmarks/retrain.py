@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import functools
 import http.server
+import math
 import shutil
 import statistics
 import sys
@@ -37,6 +38,10 @@ import _report  # sibling module: this folder is on sys.path when run as a scrip
 
 PROJECT = 3
 CATEGORY = "widget"
+CHECKS = "early-stopping checks (held-out AUROC: the maps judging reuses)"
+CALIBRATION = "held-out metrics + calibration"
+JUDGING = "judging: both heads on the held-out"
+REGISTRY = "registry: register, gate, promote"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,6 +59,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--warm-epochs", type=int, default=None, help="a warm start's cap (default: the loop's)"
     )
+    parser.add_argument(
+        "--no-early-promotion", action="store_true",
+        help="the job promotes its best epoch only, at its end (CLIPSAM_RETRAIN_PROMOTE_EARLY=0)",
+    )  # fmt: skip
     parser.add_argument(
         "--old-epochs", type=int, default=None,
         help="time at most this many epochs of the old default and project the rest "
@@ -114,15 +123,26 @@ class Clock:
         with self._lock:
             self.marks.append((name, self.now()))
 
-    def total(self, name: str) -> float:
-        return sum(end - start for n, start, end in self.spans if n == name)
+    def intervals(self, name: str, until: float = math.inf) -> list[tuple[float, float]]:
+        """``name``'s spans, cut off at ``until``."""
+        return [(s, min(e, until)) for n, s, e in self.spans if n == name and s < until]
+
+    def total(self, name: str, until: float = math.inf, outside: str | None = None) -> float:
+        """Seconds in ``name``'s spans up to ``until``, less those inside ``outside``'s spans
+        (held-out passes that are part of the early-stopping checks count there only)."""
+        holes = self.intervals(outside, until) if outside else []
+        return sum(e - s - _overlap((s, e), holes) for s, e in self.intervals(name, until))
 
     def first(self, name: str) -> float | None:
         return next((start for n, start, _ in self.spans if n == name), None)
 
-    def last_end(self, name: str) -> float | None:
-        ends = [end for n, _, end in self.spans if n == name]
+    def last_end(self, name: str, until: float = math.inf) -> float | None:
+        ends = [end for _, end in self.intervals(name, until)]
         return max(ends) if ends else None
+
+
+def _overlap(span: tuple[float, float], others: list[tuple[float, float]]) -> float:
+    return sum(max(0.0, min(span[1], e) - max(span[0], s)) for s, e in others)
 
 
 def _timed(clock: Clock, name: str, func: Callable[..., Any]) -> Callable[..., Any]:
@@ -145,15 +165,13 @@ def _instrument(clock: Clock) -> None:
     retrain._retrain = _timed(clock, "job", retrain._retrain)
     retrain._prepare = _timed(clock, "fetch + features from the cache", retrain._prepare)
     retrain.train_head = _timed(clock, "train_head", retrain.train_head)
-    retrain.judge_head = _timed(clock, "judging: both heads on the held-out", retrain.judge_head)
+    retrain.judge_head = _timed(clock, JUDGING, retrain.judge_head)
     retrain.learn_types = _timed(clock, "defect types", retrain.learn_types)
     for name in ("held_out_maps", "evaluate_maps", "thresholds_from_maps"):  # in train_head
-        setattr(trainer, name, _timed(clock, "held-out metrics + calibration",
-                                      getattr(trainer, name)))  # fmt: skip
+        setattr(trainer, name, _timed(clock, CALIBRATION, getattr(trainer, name)))
     for method in ("register", "decide", "promote", "reject"):
-        name = "registry: register, gate, promote"
-        setattr(registry.ModelRegistry, method, _timed(clock, name, getattr(registry.ModelRegistry,
-                                                                              method)))  # fmt: skip
+        original = getattr(registry.ModelRegistry, method)
+        setattr(registry.ModelRegistry, method, _timed(clock, REGISTRY, original))
     see = trainer._EarlyStop.see
 
     def timed_see(self: Any, head: Any, epoch: int) -> bool:
@@ -162,8 +180,7 @@ def _instrument(clock: Clock) -> None:
         try:
             return see(self, head, epoch)
         finally:
-            clock.span("early-stopping checks (held-out loss)" if self.active else "no check",
-                       start, clock.now())  # fmt: skip
+            clock.span(CHECKS if self.active else "no check", start, clock.now())
 
     trainer._EarlyStop.see = timed_see  # type: ignore[method-assign]
 
@@ -280,6 +297,7 @@ def run(args: argparse.Namespace) -> str:
         fetch=FetchSettings.from_job({"allowed_hosts": ["127.0.0.1"]}), retrain_every=0,
         retrain_holdout=args.holdout, retrain_patience=patience,
         retrain_warm_epochs=warm_epochs, inprocess_worker=True, fewshot_images=0,
+        retrain_promote_early=not args.no_early_promotion,
     )  # fmt: skip
     events = EventLog(model_dir)
     loop = CorrectionLoop(settings, _Served(pipeline), events)
@@ -305,7 +323,9 @@ def run(args: argparse.Namespace) -> str:
         clock.start()
         events.record("START_TRAINING", {"action": "START_TRAINING", "project": {"id": PROJECT}})
         summary = _wait(loop, pipeline, job_id, version, clock)
-        total = clock.now()
+        finished = clock.now()  # the job ended and what it promoted last serves
+        marks = dict(clock.marks)
+        total = marks.get("new model_version serves", marks.get("job ended", finished))
         warm_clip = clip_images[0] - before
         warm = _stages(clock, total)
 
@@ -339,70 +359,80 @@ def run(args: argparse.Namespace) -> str:
 
 
 def _wait(loop: Any, pipeline: Any, job_id: str, start_version: str, clock: Clock) -> dict:
-    """Until the pipeline serves a new head, or the job has ended without one."""
+    """Until the job has ended and the pipeline serves what it promoted last; marks the first
+    new version served (an early promotion, or the best epoch) and the last."""
     from rq.job import Job, JobStatus
 
     deadline = time.monotonic() + 24 * 3600
+    served, summary = start_version, None
     while time.monotonic() < deadline:
-        if pipeline.head.version != start_version:
-            clock.mark("new model_version serves")
-            break
-        try:
-            job = Job.fetch(job_id, connection=loop.connection)
-        except Exception:
-            job = None
-        if job is not None and job.get_status() in (JobStatus.FINISHED, JobStatus.FAILED):
-            if job.get_status() == JobStatus.FAILED:
+        if pipeline.head.version != served:
+            served = pipeline.head.version
+            first = not any(name == "new model_version serves" for name, _ in clock.marks)
+            clock.mark("new model_version serves" if first else "another model_version serves")
+        if summary is None:
+            try:
+                job = Job.fetch(job_id, connection=loop.connection)
+            except Exception:
+                job = None
+            status = job.get_status() if job is not None else None
+            if job is not None and status == JobStatus.FAILED:
                 raise RuntimeError(f"retrain job failed: {job.latest_result()}")
-            result = job.return_value()
-            if result and result.get("status") == "promoted":
-                time.sleep(0.002)  # promoted: the reload is on its way
-                continue
-            clock.mark("job ended, nothing to reload")
-            break
+            if job is not None and status == JobStatus.FINISHED:
+                summary = dict(job.return_value() or {})
+                clock.mark("job ended")
+        if summary is not None:
+            promoted = summary.get("status") == "promoted"
+            if not promoted or served == summary.get("version"):
+                return summary
         time.sleep(0.002)
-    for _ in range(5000):
-        job = Job.fetch(job_id, connection=loop.connection)
-        if job.get_status() == JobStatus.FINISHED:
-            return dict(job.return_value() or {})
-        time.sleep(0.01)
     raise RuntimeError("the retrain job did not finish")
 
 
 def _stages(clock: Clock, total: float) -> dict[str, Any]:
-    """Stage rows (name, seconds) in timeline order, and the epochs' times."""
+    """Stage rows (name, seconds) in timeline order up to ``total`` (the first new version
+    served, or the job's end), and the epochs' times up to then."""
     marks = dict(clock.marks)
+    until = total
     epochs = sorted(
-        (int(name.split()[1]), t) for name, t in clock.marks if name.startswith("epoch ")
+        (int(name.split()[1]), t)
+        for name, t in clock.marks
+        if name.startswith("epoch ") and t <= until
     )
-    checks = [(s, e) for n, s, e in clock.spans if n.startswith(("early-stopping", "no check"))]
-    # Epoch k trains from the end of check k-1 to the start of check k.
-    epoch_seconds = [epochs[i][1] - checks[i - 1][1] for i in range(1, len(epochs))]
+    checks = clock.intervals(CHECKS, until) + clock.intervals("no check", until)
+    checks.sort()
+    other = [span for name in (JUDGING, REGISTRY, CALIBRATION, "defect types")
+             for span in clock.intervals(name, until)]  # fmt: skip
+    # Epoch k trains from the end of check k-1 to the start of check k (less any promotion).
+    epoch_seconds = []
+    for i in range(1, min(len(epochs), len(checks))):
+        between = (checks[i - 1][1], checks[i][0])
+        epoch_seconds.append(between[1] - between[0] - _overlap(between, other))
     job_start = clock.first("job") or 0.0
-    train_start, train_end = clock.first("train_head"), clock.last_end("train_head")
-    promote_end = clock.last_end("registry: register, gate, promote") or 0.0
+    train_start = clock.first("train_head")
+    promote_end = clock.last_end(REGISTRY, until) or 0.0
     served = marks.get("new model_version serves")
     rows = [
         ("webhook → job started (event log, pump, scheduler, rq worker)", job_start),
-        ("fetch + features from the cache", clock.total("fetch + features from the cache")),
+        ("fetch + features from the cache", clock.total("fetch + features from the cache", until)),
     ]
     if train_start is not None and epochs:
         rows.append(("train: set-up (text features, copy of the head)", epochs[0][1] - train_start))
     rows += [
         (f"train: {len(epoch_seconds)} epoch(s)", sum(epoch_seconds)),
-        ("train: early-stopping checks (held-out loss)",
-         clock.total("early-stopping checks (held-out loss)")),
-        ("train: held-out metrics + calibration", clock.total("held-out metrics + calibration")),
-        ("judging: both heads on the held-out", clock.total("judging: both heads on the held-out")),
-        ("defect types", clock.total("defect types")),
-        ("registry: register, gate, promote", clock.total("registry: register, gate, promote")),
+        (f"train: {CHECKS}", clock.total(CHECKS, until)),
+        (f"train: {CALIBRATION}", clock.total(CALIBRATION, until, outside=CHECKS)),
+        (JUDGING, clock.total(JUDGING, until)),
+        ("defect types", clock.total("defect types", until)),
+        (REGISTRY, clock.total(REGISTRY, until)),
         ("hot reload until the new model_version serves",
-         served - promote_end if served is not None else 0.0),
+         served - promote_end if served is not None and served <= until else 0.0),
     ]  # fmt: skip
     accounted = sum(seconds for _, seconds in rows)
     rows.append(("other (job bookkeeping, Redis, threads)", total - accounted))
+    train_end = clock.last_end("train_head", until) or 0.0
     return {"rows": rows, "total": total, "epoch_seconds": epoch_seconds,
-            "train_seconds": (train_end or 0) - (train_start or 0)}  # fmt: skip
+            "train_seconds": train_end - (train_start or 0)}  # fmt: skip
 
 
 def _format(args: argparse.Namespace, v: dict[str, Any]) -> str:
@@ -433,6 +463,15 @@ def _format(args: argparse.Namespace, v: dict[str, Any]) -> str:
     for name, seconds in warm["rows"]:
         lines.append(f"| {name} | {seconds:.2f} | {seconds / total:.0%} |")
     lines.append(f"| **webhook → new model_version** | **{total:.1f}** | 100% |")
+    early = summary.get("early")
+    if early:
+        lines += ["", f"Promoted early: epoch {early['epoch']} served while training went on "
+                  f"(version {early['version']}, registered {early['seconds']:.1f} s after the "
+                  f"job started). The job then ran to epoch {summary.get('epochs')} (best "
+                  f"{summary.get('best_epoch')}); webhook → the job's last promotion serving: "
+                  f"**{v['finished']:.1f} s**."]  # fmt: skip
+    elif v["finished"] > total + 0.5:
+        lines += ["", f"webhook → the job's end: {v['finished']:.1f} s."]
     if warm["epoch_seconds"]:
         lines += ["", "Epochs (s): " + ", ".join(f"{s:.1f}" for s in warm["epoch_seconds"])
                   + f"; median {statistics.median(warm['epoch_seconds']):.1f} s"]  # fmt: skip

@@ -29,7 +29,14 @@ from clipsam.sam_fast import (
     ],
     ids=["2-blocks-256px", "3-blocks-320px", "micro-sam"],  # windowed + global blocks
 )
-def test_sam_encoder_with_sdpa_matches_stock(arch):
+@pytest.mark.parametrize("route", ["sdpa", "row-chunked"])
+def test_sam_encoder_with_sdpa_matches_stock(arch, route, monkeypatch):
+    """Both fast routes: SDPA with the rel-pos bias as its mask, and (what SAM's 4096-token
+    global blocks take on CPU) the row-chunked attention, here on every block, with blocks of
+    3 query rows so that the last block of a grid is a short one."""
+    if route == "row-chunked":
+        monkeypatch.setattr(sam_fast, "CHUNKED_MIN_TOKENS", 1)
+        monkeypatch.setattr(sam_fast, "CHUNK_ROWS", 3)
     torch.manual_seed(0)
     stock = build_sam_model(arch).image_encoder
     for block in stock.blocks:  # random rel-pos tables (zeros at init would hide a bias bug)
