@@ -287,6 +287,9 @@ def backend(
         # The embedded Redis and in-process worker; training only when Label Studio asks.
         CLIPSAM_RETRAIN_EVERY="1000",
         CLIPSAM_RETRAIN_EPOCHS="12",
+        # One promotion per retrain: the test follows one new model_version through Label
+        # Studio (early promotion is tested in tests/correction_loop/test_retrain.py).
+        CLIPSAM_RETRAIN_PROMOTE_EARLY="0",
         CLIPSAM_RELOAD_POLL="1",
         LOG_LEVEL="DEBUG",
         CLIPSAM_OFFLINE="1",
