@@ -89,25 +89,51 @@ def _stock(query: Tensor, keys: Tensor, values: Tensor, proj: Projections) -> Te
     return F.linear(out.transpose(1, 2).flatten(2), *proj.out)
 
 
+@dataclass(frozen=True)
+class FewKeys:
+    """An attention to a few keys, folded (the ``few_keys`` route): per head h and key l, a
+    query x scores ``query_weights[h, l] · x + query_bias[h, l]`` and the output is
+    ``Σ probs · values + out_bias``. Both are linear in the query, so a linear map of the queries
+    (UMCI's average pooling) can be applied to the scores instead: one narrow channel per head
+    and key, not the query's E."""
+
+    query_weights: Tensor  # (B, H, L, E), B may be 1
+    query_bias: Tensor  # (B, H, L)
+    values: Tensor  # (B, H, L, E): the values through W_v and then W_o
+    out_bias: Tensor  # (E,)
+
+    @classmethod
+    def fold(cls, keys: Tensor, values: Tensor, proj: Projections) -> FewKeys:
+        heads = proj.heads
+        (w_q, b_q), (w_o, b_o) = proj.q, proj.out
+        inner, dim = w_q.shape
+        head_dim = inner // heads
+        k = F.linear(keys, *proj.k).unflatten(-1, (heads, head_dim))  # (B, L, H, d)
+        v = F.linear(values, *proj.v).unflatten(-1, (heads, head_dim))
+        scale = head_dim**-0.5
+        folded_q = torch.einsum("hde,blhd->bhle", w_q.view(heads, head_dim, dim), k) * scale
+        bias_q = torch.einsum("hd,blhd->bhl", b_q.view(heads, head_dim), k) * scale
+        folded_v = torch.einsum("blhd,ehd->bhle", v, w_o.view(-1, heads, head_dim))
+        return cls(folded_q, bias_q, folded_v, b_o)
+
+    def scores(self, query: Tensor) -> Tensor:
+        """(B, H, L, N) scores of (B, N, E) queries, without ``query_bias``. As (B, H·L, N): the
+        softmax over the L keys then runs across long contiguous rows of N (vectorised)."""
+        scores = _matmul(self.query_weights.flatten(1, 2), query.transpose(1, 2))
+        return scores.unflatten(1, self.query_weights.shape[1:3])
+
+    def output(self, probs: Tensor) -> Tensor:
+        """(B, N, E) outputs for (B, H, L, N) probabilities (softmaxed over L)."""
+        return _matmul(probs.flatten(1, 2).transpose(1, 2), self.values.flatten(1, 2)) + (
+            self.out_bias
+        )
+
+
 def _few_keys(query: Tensor, keys: Tensor, values: Tensor, proj: Projections) -> Tensor:
-    """Fold W_q into the projected keys and W_o into the projected values."""
-    heads = proj.heads
-    (w_q, b_q), (w_o, b_o) = proj.q, proj.out
-    inner, dim = w_q.shape
-    head_dim = inner // heads
-    k = F.linear(keys, *proj.k).unflatten(-1, (heads, head_dim))  # (B, L, H, d)
-    v = F.linear(values, *proj.v).unflatten(-1, (heads, head_dim))
-    scale = head_dim**-0.5
-    folded_q = torch.einsum("hde,blhd->bhle", w_q.view(heads, head_dim, dim), k) * scale
-    bias_q = torch.einsum("hd,blhd->bhl", b_q.view(heads, head_dim), k) * scale
-    n_keys = k.shape[1]
-    # Scores as (B, H·L, N): the softmax over the L keys then runs across long contiguous rows
-    # of N (vectorised) instead of over rows of L ≈ 2..9 elements.
-    scores = _matmul(folded_q.flatten(1, 2), query.transpose(1, 2))
-    scores = scores.unflatten(1, (heads, n_keys)) + bias_q[..., None]
-    probs = scores.softmax(dim=2).flatten(1, 2)
-    folded_v = torch.einsum("blhd,ehd->bhle", v, w_o.view(-1, heads, head_dim))
-    return _matmul(probs.transpose(1, 2), folded_v.flatten(1, 2)) + b_o
+    """Fold W_q into the projected keys and W_o into the projected values (:class:`FewKeys`)."""
+    folded = FewKeys.fold(keys, values, proj)
+    scores = folded.scores(query) + folded.query_bias[..., None]
+    return folded.output(scores.softmax(dim=2))
 
 
 def _few_queries(query: Tensor, keys: Tensor, values: Tensor, proj: Projections) -> Tensor:

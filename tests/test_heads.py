@@ -209,3 +209,53 @@ def test_cosine_logits_and_their_gradients_match_normalising_the_tokens_first():
     (expected * weights).sum().backward()
     assert ours.grad is not None and stock.grad is not None
     torch.testing.assert_close(ours.grad, stock.grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("paths", ["both", "strip", "scale"])
+def test_umci_stage_is_the_spec_written_out(paths):
+    """A UMCI stage (split fusion weight, scores pooled instead of queries, one matmul for the
+    mean over scales) computes method spec §2 as written: nn.MultiheadAttention on every pooled
+    map, the branches concatenated, Linear(2C → C); outputs and parameter gradients alike."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    head = UMCIHead("bb", 48, 32, 1, 9, paths=paths, scales=(1, 3, 5), attn_heads=4)
+    for parameter in head.parameters():
+        parameter.data.normal_(0, 0.3)
+    stage = head.stages[0]
+    tokens, text = torch.randn(3, 81, 48), torch.randn(2, 32)
+
+    def spec() -> torch.Tensor:
+        x = stage.norm(stage.proj(tokens)).reshape(3, 9, 9, 32)
+        keys = text.unsqueeze(0).expand(3, -1, -1)
+
+        def mha(attn, query):  # type: ignore[no-untyped-def]
+            return attn(query, keys, keys, need_weights=False)[0]
+
+        branches = []
+        if paths in ("both", "strip"):
+            rows, cols = x.mean(dim=2), x.mean(dim=1)
+            rows, cols = rows + mha(stage.strip_attn, rows), cols + mha(stage.strip_attn, cols)
+            branches.append(x + rows[:, :, None] + cols[:, None, :])
+        if paths in ("both", "scale"):
+            outs = []
+            for k in (1, 3, 5):
+                pooled = F.avg_pool2d(x.permute(0, 3, 1, 2), k, 1, k // 2, count_include_pad=False)
+                seq = pooled.permute(0, 2, 3, 1).reshape(3, 81, 32)
+                outs.append(seq + mha(stage.scale_attn, seq))
+            branches.append(torch.stack(outs).mean(0).reshape(3, 9, 9, 32))
+        return (x + stage.fuse(torch.cat(branches, dim=-1))).reshape(3, 81, 32)
+
+    weights = torch.randn(3, 81, 32)
+    results = []
+    for run in (lambda: stage(tokens, text, 9), spec):
+        head.zero_grad()
+        out = run()
+        (out * weights).sum().backward()
+        grads = {n: p.grad.clone() for n, p in stage.named_parameters() if p.grad is not None}
+        results.append((out.detach(), grads))
+    (got, got_grads), (expected, expected_grads) = results
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert got_grads.keys() == expected_grads.keys()
+    for name, grad in expected_grads.items():
+        torch.testing.assert_close(got_grads[name], grad, rtol=1e-4, atol=1e-4, msg=name)
