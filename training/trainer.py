@@ -423,7 +423,9 @@ def _pixel_subsample(
 
 
 def _text_features(pipeline: Pipeline, categories: set[str], device: torch.device) -> dict:
-    return {c: pipeline.text_features(c).to(device).float() for c in categories}
+    """The categories' text features as ordinary tensors: the pipeline's cache may hold them as
+    inference tensors (first computed under ``inference_mode``), which autograd cannot save."""
+    return {c: pipeline.text_features(c).to(device).float().clone() for c in categories}
 
 
 def _stack_features(batch: Sequence[TrainingSample], device: torch.device) -> dict[str, Tensor]:
