@@ -299,12 +299,12 @@ class _Gate:
         if self.serving_metrics is None:  # a warm start: the serving head is epoch 0
             self.serving_metrics = judge_head(self.pipeline, self.serving_head, self.held_out,
                                               better.start_maps)  # fmt: skip
-        epoch = better.epoch
-        metrics = judge_head(self.pipeline, better.head, self.held_out, better.maps)
+        epoch, head = better.epoch, better.head()
+        metrics = judge_head(self.pipeline, head, self.held_out, better.maps)
         ok, _ = self.registry.decide(f"epoch {epoch}", metrics, self.serving_metrics)
         if not ok:  # nothing registered: the best epoch is judged at the end
             return
-        candidate = self.registry.register(better.head, metrics, parent=self.parent,
+        candidate = self.registry.register(head, metrics, parent=self.parent,
                                            extra={**self.extra, "epoch": epoch})  # fmt: skip
         ok, why = self.promote(candidate.version, metrics)
         if not ok:

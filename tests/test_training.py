@@ -230,7 +230,7 @@ def test_early_stopping_on_the_held_out_auroc_keeps_its_best_epoch(tiny_pipeline
     held = defect[40:52] + good[5:8]
     improved: list[tuple[int, dict]] = []
     result = train_head(tiny_pipeline, train, held, config, init_head=warm,
-                        on_improved=lambda b: improved.append((b.epoch, b.head.state_dict())))  # fmt: skip
+                        on_improved=lambda b: improved.append((b.epoch, b.head().state_dict())))  # fmt: skip
     aurocs = result.held_out_aurocs
     assert len(aurocs) == len(result.losses) + 1 and result.held_out_losses == []
     assert result.best_epoch == aurocs.index(max(aurocs))  # a tie keeps the earlier epoch

@@ -160,10 +160,17 @@ class Improvement:
     """What ``train_head``'s ``on_improved`` is given each time early stopping (on the AUROC)
     sees a new best epoch."""
 
-    head: AnomalyHead  # a servable copy: eval mode, on the CPU, calibrated on ``maps``
+    pipeline: Pipeline
+    training_head: AnomalyHead  # the head being trained: copy it (:meth:`head`) to keep it
     epoch: int
     maps: HeldOutMaps  # its raw maps on the held-out samples
     start_maps: HeldOutMaps | None  # the starting head's (epoch 0)
+
+    def head(self) -> AnomalyHead:
+        """A servable copy: eval mode, on the CPU, calibrated on :attr:`maps`."""
+        done = copy.deepcopy(self.training_head).eval().requires_grad_(False).cpu()
+        done.thresholds = thresholds_from_maps(self.pipeline, self.maps)
+        return done
 
 
 def train_head(
@@ -217,9 +224,8 @@ def train_head(
         epochs.set_postfix(loss=f"{losses[-1]:.4f}")
         stop = stopper.see(head, epoch + 1)
         if on_improved and stopper.best_epoch == epoch + 1 and stopper.best_maps is not None:
-            maps = stopper.best_maps
-            finished = _finished(pipeline, head, maps)
-            on_improved(Improvement(finished, epoch + 1, maps, stopper.start_maps))
+            on_improved(Improvement(pipeline, head, epoch + 1, stopper.best_maps,
+                                    stopper.start_maps))  # fmt: skip
         if stop:
             logger.info("early stop after epoch %d: best held-out %s at epoch %d",
                         epoch + 1, config.stop_on, stopper.best_epoch)  # fmt: skip
@@ -240,13 +246,6 @@ def train_head(
         head.kind, len(train), len(losses), result.seconds, losses[-1], result.metrics,
     )  # fmt: skip
     return result
-
-
-def _finished(pipeline: Pipeline, head: AnomalyHead, maps: HeldOutMaps) -> AnomalyHead:
-    """A servable copy of the training ``head``: eval mode, on the CPU, calibrated on ``maps``."""
-    done = copy.deepcopy(head).eval().requires_grad_(False).cpu()
-    done.thresholds = thresholds_from_maps(pipeline, maps)
-    return done
 
 
 class _EarlyStop:
