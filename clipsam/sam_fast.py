@@ -27,15 +27,24 @@ from torch import Tensor
 from clipsam.attention import Projections, attention
 
 
+def rel_pos_terms(attn: Attention, q: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """The decomposed rel-pos bias of queries q (B·heads, HW, C): its row term (BH, H, W, kH)
+    and column term (BH, H, W, kW); query (h, w) and key (kh, kw) get their sum."""
+    height, width = size
+    batch_heads, _, dim = q.shape
+    rel_h = get_rel_pos(height, height, attn.rel_pos_h).to(q.dtype)  # (H, kH, C)
+    rel_w = get_rel_pos(width, width, attn.rel_pos_w).to(q.dtype)  # (W, kW, C)
+    r_q = q.reshape(batch_heads, height, width, dim)
+    bias_h = torch.einsum("bhwc,hkc->bhwk", r_q, rel_h)
+    bias_w = torch.einsum("bhwc,wkc->bhwk", r_q, rel_w)
+    return bias_h, bias_w
+
+
 def rel_pos_bias(attn: Attention, q: Tensor, size: tuple[int, int]) -> Tensor:
     """The additive bias (B, heads, HW, HW) that ``add_decomposed_rel_pos`` would add."""
     height, width = size
-    batch_heads, _, dim = q.shape
-    rel_h = get_rel_pos(height, height, attn.rel_pos_h).to(q.dtype)  # (H, H, C)
-    rel_w = get_rel_pos(width, width, attn.rel_pos_w).to(q.dtype)  # (W, W, C)
-    r_q = q.reshape(batch_heads, height, width, dim)
-    bias_h = torch.einsum("bhwc,hkc->bhwk", r_q, rel_h)  # (BH, H, W, kH)
-    bias_w = torch.einsum("bhwc,wkc->bhwk", r_q, rel_w)  # (BH, H, W, kW)
+    batch_heads = q.shape[0]
+    bias_h, bias_w = rel_pos_terms(attn, q, size)
     bias = bias_h[:, :, :, :, None] + bias_w[:, :, :, None, :]
     return bias.reshape(batch_heads // attn.num_heads, attn.num_heads, height * width, -1)
 
@@ -49,21 +58,18 @@ CHUNK_ROWS = 8
 
 
 def row_chunked_attention(
-    q: Tensor, k: Tensor, v: Tensor, rel_h: Tensor, rel_w: Tensor, width: int, scale: float
+    q: Tensor, k: Tensor, v: Tensor, bias_h: Tensor, bias_w: Tensor, scale: float
 ) -> Tensor:
     """softmax(scale · q kᵀ + decomposed rel-pos bias) v, for one head and a block of query rows
-    at a time (q, k, v: (N, HW, C); rel_h: (H, kH, C), rel_w: (W, kW, C)).
+    at a time (q, k, v: (N, HW, C); the bias terms as :func:`rel_pos_terms` gives them).
 
     Each block's scores are formed by a matmul, then its row and column bias terms are added in
     place and softmaxed in place, so no (HW × HW) bias or score matrix is ever written: the bias
     costs two cache-resident passes instead of a 4096² tensor per head written and read back.
     Exact (what stock segment-anything computes, in another order); measured faster than SDPA
     with the full mask on CPU in fp32 (docs: README, Benchmarks)."""
-    heads, tokens, dim = q.shape
-    height = tokens // width
-    grid_q = q.reshape(heads, height, width, dim)
-    bias_h = torch.einsum("bhwc,hkc->bhwk", grid_q, rel_h)  # (N, H, W, kH): small
-    bias_w = torch.einsum("bhwc,wkc->bhwk", grid_q, rel_w)  # (N, H, W, kW)
+    heads, tokens, _ = q.shape
+    _, height, width, _ = bias_h.shape
     scaled, keys = q * scale, k.transpose(1, 2).contiguous()  # stock scales q, not the scores
     out = torch.empty_like(q)
     rows = min(CHUNK_ROWS, height)
@@ -95,17 +101,15 @@ def sdpa_forward(self: Attention, x: Tensor) -> Tensor:
         and q.device.type == "cpu" and q.dtype == torch.float32
     )  # fmt: skip
     if chunked:
-        rel_h = get_rel_pos(height, height, self.rel_pos_h).to(q.dtype)  # (H, kH, C)
-        rel_w = get_rel_pos(width, width, self.rel_pos_w).to(q.dtype)  # (W, kW, C)
         flat_q, flat_k, flat_v = (t.reshape(batch * self.num_heads, tokens, -1) for t in (q, k, v))
-        out = row_chunked_attention(flat_q, flat_k, flat_v, rel_h, rel_w, width, self.scale)
-        out = out.view(batch, self.num_heads, height, width, -1).permute(0, 2, 3, 1, 4)
-        return self.proj(out.reshape(batch, height, width, -1))
-    mask = None
-    if self.use_rel_pos:
-        flat_q = q.reshape(batch * self.num_heads, tokens, -1)
-        mask = rel_pos_bias(self, flat_q, (height, width)).to(q.dtype)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        terms = rel_pos_terms(self, flat_q, (height, width))
+        out = row_chunked_attention(flat_q, flat_k, flat_v, *terms, self.scale)
+    else:
+        mask = None
+        if self.use_rel_pos:
+            flat_q = q.reshape(batch * self.num_heads, tokens, -1)
+            mask = rel_pos_bias(self, flat_q, (height, width)).to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     out = out.view(batch, self.num_heads, height, width, -1).permute(0, 2, 3, 1, 4)
     return self.proj(out.reshape(batch, height, width, -1))
 
@@ -122,14 +126,10 @@ def flex_forward(self: Attention, x: Tensor) -> Tensor:
     if not self.use_rel_pos:
         out = F.scaled_dot_product_attention(q, k, v)
     else:
-        rel_h = get_rel_pos(height, height, self.rel_pos_h).to(q.dtype)  # (H, kH, C)
-        rel_w = get_rel_pos(width, width, self.rel_pos_w).to(q.dtype)  # (W, kW, C)
-        r_q = q.reshape(batch, self.num_heads, height, width, -1)
-        bias_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, rel_h).reshape(
-            batch, self.num_heads, tokens, -1
-        )
-        bias_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, rel_w).reshape(
-            batch, self.num_heads, tokens, -1
+        flat_q = q.reshape(batch * self.num_heads, tokens, -1)
+        bias_h, bias_w = (
+            t.reshape(batch, self.num_heads, tokens, -1)
+            for t in rel_pos_terms(self, flat_q, (height, width))
         )
 
         def score_mod(score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
