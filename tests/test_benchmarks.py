@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -39,35 +41,74 @@ SCRIPTS = {
 }
 
 
+MINIATURE_ARGS = [
+    "--weights", "random", "--threads", "1", "--train-per-category", "1",
+    "--heldout-per-category", "3", "--epochs", "1", "--rows", "2",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Ran:
+    rc: int
+    stdout: str
+    error: str
+    out: Path  # the report the script was asked to write
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Ran]:
+    """Every script above, and the miniature ablation, run by ``tests/benchmark_runner.py`` in
+    one fresh interpreter (each in its own folder): the imports are paid once, not per script."""
+    root = tmp_path_factory.mktemp("benchmarks")
+    plan, outs = [], {}
+    for script, (args, _) in sorted(SCRIPTS.items()):
+        cwd = root / script.removesuffix(".py")
+        cwd.mkdir()
+        outs[script] = cwd / "report.md"
+        plan.append({"name": script, "script": script, "cwd": str(cwd),
+                     "args": [*args, "--out", str(outs[script])]})  # fmt: skip
+    cwd = root / "miniature"
+    (cwd / "pictures").mkdir(parents=True)
+    outs["miniature.py"] = cwd / "ablation.md"
+    plan.append({"name": "miniature.py", "script": "miniature.py", "cwd": str(cwd),
+                 "args": [*MINIATURE_ARGS, "--out", str(outs["miniature.py"]),
+                          "--grid", str(cwd / "pictures" / "grid.png")]})  # fmt: skip
+    (root / "plan.json").write_text(json.dumps(plan), encoding="utf-8")
+    results = root / "results.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "benchmark_runner.py"), str(root / "plan.json"),
+         str(results)],
+        capture_output=True, text=True, timeout=1200, cwd=root,
+    )  # fmt: skip
+    seen = json.loads(results.read_text(encoding="utf-8")) if results.is_file() else {}
+    crashed = f"the runner crashed (rc {done.returncode}): {done.stderr[-3000:]}"
+    return {
+        name: Ran(seen[name]["rc"], seen[name]["stdout"], seen[name]["error"], out)
+        if name in seen
+        else Ran(-1, "", crashed, out)
+        for name, out in outs.items()
+    }
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
-def test_benchmark_script_writes_its_report(script, tmp_path):
-    args, expected = SCRIPTS[script]
-    out = tmp_path / "report.md"
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / script), *args, "--out", str(out)],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = out.read_text()
+def test_benchmark_script_writes_its_report(script, ran):
+    _, expected = SCRIPTS[script]
+    result = ran[script]
+    assert result.rc == 0, result.error
+    report = result.out.read_text()
     assert report.startswith("# ") and expected in report, report
 
 
 @pytest.mark.slow
-def test_miniature_ablation_writes_its_tables_and_grid(tmp_path):
+def test_miniature_ablation_writes_its_tables_and_grid(ran):
     """benchmarks/miniature.py at a reduced size (random weights: the numbers mean nothing)."""
-    out, grid = tmp_path / "ablation.md", tmp_path / "pictures" / "grid.png"
-    args = ["--weights", "random", "--threads", "1", "--train-per-category", "1",
-            "--heldout-per-category", "3", "--epochs", "1", "--rows", "2"]  # fmt: skip
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "miniature.py"), *args,
-         "--out", str(out), "--grid", str(grid)],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = out.read_text()
+    result = ran["miniature.py"]
+    assert result.rc == 0, result.error
+    report = result.out.read_text()
     for row in ("| UMCI, strip path only |", "| L2: box prompts only |", "| HSF (AdaCLIP)"):
         assert row in report, report
     assert "](pictures/grid.png)" in report
-    assert "| training-free head |" in done.stdout  # the tables go to stdout too
+    assert "| training-free head |" in result.stdout  # the tables go to stdout too
+    grid = result.out.parent / "pictures" / "grid.png"
     assert 0 < grid.stat().st_size < 600 * 1024
