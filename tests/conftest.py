@@ -52,3 +52,19 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """A run with end-to-end tests starts their Label Studio now, in the background."""
+    if session.config.option.collectonly:
+        return
+    if any(item.get_closest_marker("labelstudio") for item in session.items):
+        from tests import label_studio_launch
+
+        label_studio_launch.start_early()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    from tests import label_studio_launch
+
+    label_studio_launch.stop_unclaimed()

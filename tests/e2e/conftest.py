@@ -6,12 +6,8 @@ Label Studio lives in ``.venv-ls`` (``scripts/install_labelstudio.sh``) since it
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import secrets
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,18 +22,20 @@ from typing import Any
 import httpx
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-LS_BIN = REPO / ".venv-ls" / "bin" / "label-studio"
+from tests.label_studio_launch import (
+    LS_BIN,
+    REPO,
+    claim,
+    finish,
+    free_port,
+    launch,
+    restore_priority,
+)
+from tests.label_studio_launch import stop as stop_process
+
 INSTALL_HINT = "bash scripts/install_labelstudio.sh"
 LS_START_TIMEOUT = 180.0
 BACKEND_START_TIMEOUT = 120.0
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def log_tail(path: Path, lines: int = 40) -> str:
@@ -47,20 +45,6 @@ def log_tail(path: Path, lines: int = 40) -> str:
     except OSError:
         return f"(no log at {path})"
     return "\n".join(text.splitlines()[-lines:])
-
-
-def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
-    """SIGTERM the process group (the process leads its own session), then SIGKILL."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=timeout)
 
 
 def wait_for(
@@ -122,42 +106,10 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStud
         pytest.skip(message)
     from label_studio_sdk import LabelStudio
 
-    root = tmp_path_factory.mktemp("label_studio")
-    home, data = root / "home", root / "data"
-    home.mkdir()
-    data.mkdir()
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    token = secrets.token_hex(20)
-    # Label Studio also reads bare names (HOST, PORT, USERNAME...): start from a clean env.
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(home),
-        "LANG": "C.UTF-8",
-        "LABEL_STUDIO_BASE_DATA_DIR": str(data),
-        "LABEL_STUDIO_USERNAME": "admin@example.com",
-        "LABEL_STUDIO_PASSWORD": secrets.token_urlsafe(16),
-        "LABEL_STUDIO_USER_TOKEN": token,
-        "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
-        "LABEL_STUDIO_ML_BLOCK_LOCAL_IP": "false",
-        "LABEL_STUDIO_SSRF_PROTECTION_ENABLED": "false",
-        "LABEL_STUDIO_LATEST_VERSION_CHECK": "false",
-        "LABEL_STUDIO_COLLECT_ANALYTICS": "false",
-    }
-    cmd = [
-        str(LS_BIN),
-        "start",
-        "--internal-host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--no-browser",
-    ]
-    log_path = root / "label_studio.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            cmd, env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    # Started right after collection when the run has labelstudio tests (tests/conftest.py).
+    launched = claim() or launch(tmp_path_factory.mktemp("label_studio"))
+    restore_priority(launched)
+    url, token, proc, log_path = launched.url, launched.token, launched.process, launched.log_path
     try:
         with httpx.Client(timeout=5.0) as http:
 
@@ -170,9 +122,9 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStud
 
             wait_for(ready, timeout=LS_START_TIMEOUT, proc=proc, name="Label Studio", log=log_path)
         client = LabelStudio(base_url=url, api_key=token, timeout=120.0, max_retries=0)
-        yield LabelStudioServer(url, token, client, proc, log_path, data)
+        yield LabelStudioServer(url, token, client, proc, log_path, launched.data_dir)
     finally:
-        stop_process(proc)
+        finish(launched)
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
