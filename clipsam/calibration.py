@@ -23,7 +23,6 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 import torch
-from sklearn.metrics import precision_recall_curve
 from torch import Tensor
 
 logger = logging.getLogger(__name__)
@@ -80,6 +79,8 @@ def f1_max_threshold(scores: npt.ArrayLike, labels: npt.ArrayLike) -> float | No
         raise ValueError(f"scores and labels differ in size: {s.size} vs {y.size}")
     if y.all() or not y.any():
         return None
+    from sklearn.metrics import precision_recall_curve  # scikit-learn costs 2 s to import
+
     precision, recall, thresholds = precision_recall_curve(y, s)
     denominator = precision[:-1] + recall[:-1]
     f1 = np.divide(

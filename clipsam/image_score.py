@@ -14,7 +14,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.cluster import KMeans
 from torch import Tensor
 
 #: AdaCLIP's defaults: ``k_clusters=20`` clusters over ``5 · k_clusters`` = 100 patches, and
@@ -48,6 +47,8 @@ def hsf_centres(
     tokens = F.normalize(tokens.float(), dim=-1)
     patch_logits = logits.float().mean(dim=1).flatten(2)  # (B, 2, N²), mean over stages
     abnormal = torch.softmax(patch_logits, dim=1)[:, 1]  # (B, N²)
+    from sklearn.cluster import KMeans  # scikit-learn costs 2 s to import; this is opt-in
+
     count = min(patches, clusters * HSF_PATCHES_PER_CLUSTER)
     top = torch.topk(abnormal, k=count, dim=1).indices  # (B, k)
     centres = []
