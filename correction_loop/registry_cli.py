@@ -15,17 +15,21 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from correction_loop.head_files import HeadVersion, RegistryError, UnknownVersionError
-from correction_loop.registry import ModelRegistry
-
 if TYPE_CHECKING:
     import redis
+
+    from correction_loop.head_files import HeadVersion
+    from correction_loop.registry import ModelRegistry
 
 KEY_METRICS = ("pixel_auroc", "aupro", "image_auroc")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # The registry loads torch (head files): only after the arguments parse, so --help is quick.
+    from correction_loop.head_files import RegistryError, UnknownVersionError
+    from correction_loop.registry import ModelRegistry
+
     model_dir = Path(args.model_dir)
     try:
         if args.command == "versions":  # reading needs no Redis

@@ -14,14 +14,8 @@ import logging
 import sys
 from pathlib import Path
 
-from clipsam import load_pipeline
 from clipsam.config import all_fields
-from clipsam.heads import load_head, save_head
 from clipsam.logging_setup import configure_logging
-from clipsam.metrics import format_table
-from clipsam.weights import WeightPaths
-from training.datasets import iter_labeled, load_samples
-from training.trainer import TrainConfig, prepare_samples, split_holdout, train_head
 
 logger = logging.getLogger("training.train")
 
@@ -60,6 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # torch, open_clip and scikit-learn only after the arguments parse: --help answers at once.
+    from clipsam import load_pipeline
+    from clipsam.heads import load_head, save_head
+    from clipsam.metrics import format_table
+    from clipsam.weights import WeightPaths
+    from training.datasets import iter_labeled, load_samples
+    from training.trainer import TrainConfig, prepare_samples, split_holdout, train_head
+
     configure_logging()
     overrides = dict(_parse_set(item) for item in args.set)
     overrides.update(head=args.head, device=args.device, seed=args.seed)
