@@ -155,9 +155,22 @@ class Pipeline:
         }
 
     # ---- frozen features (cached) ----------------------------------------------------
+    def features_namespace(self, encoder: str) -> str:
+        """The feature cache's namespace for ``encoder`` ("clip" or "sam"): its backbone and the
+        numerics it runs in, so a disk cache shared by pipelines in fp32, bf16 or int8 never
+        hands one of them another's features (fp32 keeps the bare backbone id)."""
+        backbone = self.clip if encoder == "clip" else self.sam
+        assert backbone is not None
+        numerics = []
+        if backbone.autocast_dtype is not None:
+            numerics.append(str(backbone.autocast_dtype).removeprefix("torch."))
+        if self.config.quantize != "none":
+            numerics.append(self.config.quantize)
+        return "/".join([backbone.backbone_id, *numerics])
+
     def clip_features(self, images: Sequence[np.ndarray], hashes: Sequence[str]) -> list[dict]:
         """CLIP features per image, from the cache or one batched backbone forward."""
-        namespace = self.clip.backbone_id
+        namespace = self.features_namespace("clip")
         found = [self.cache.get(namespace, h) for h in hashes]
         missing = [i for i, entry in enumerate(found) if entry is None]
         if missing:
@@ -172,7 +185,7 @@ class Pipeline:
     def sam_embeddings(self, images: Sequence[np.ndarray], hashes: Sequence[str]) -> list[Tensor]:
         """SAM image embeddings per image, from the cache or one batched encoder forward."""
         assert self.sam is not None
-        namespace = self.sam.backbone_id
+        namespace = self.features_namespace("sam")
         found = [self.cache.get(namespace, h) for h in hashes]
         missing = [i for i, entry in enumerate(found) if entry is None]
         if missing:
@@ -189,7 +202,7 @@ class Pipeline:
         decodes only, without running the encoder."""
         return (
             self.sam is not None
-            and self.cache.get(self.sam.backbone_id, image_hash(image)) is not None
+            and self.cache.get(self.features_namespace("sam"), image_hash(image)) is not None
         )
 
     def segment(

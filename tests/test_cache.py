@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from clipsam.cache import FeatureCache
@@ -68,6 +69,28 @@ def test_pipeline_with_disk_cache_skips_clip_in_a_new_process(make_tiny, tmp_pat
     got = second.predict([image], "bottle")[0].anomaly_map
     assert calls["clip_images"] == 0
     np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize(
+    "numerics", [{"quantize": "int8"}, {"precision": "bf16"}], ids=["int8", "bf16"]
+)
+def test_a_shared_disk_cache_never_hands_features_across_numerics(
+    make_tiny, tmp_path, rng, numerics
+):
+    """An fp32 pipeline and an int8 or bf16 one on the same cache_dir: each encodes the image
+    itself (the features differ), and each finds its own again from disk."""
+    from tests.helpers import count_backbone_calls
+
+    image = rng.integers(0, 256, (60, 60, 3), dtype=np.uint8)
+    make_tiny(cache_dir=str(tmp_path), tau=1.0).predict([image], "bottle")
+    other = make_tiny(cache_dir=str(tmp_path), tau=1.0, **numerics)
+    calls = count_backbone_calls(other)
+    expected = other.predict([image], "bottle")[0].anomaly_map
+    assert calls["clip_images"] == 1  # not the fp32 entry
+    again = make_tiny(cache_dir=str(tmp_path), tau=1.0, **numerics)
+    calls = count_backbone_calls(again)
+    np.testing.assert_array_equal(again.predict([image], "bottle")[0].anomaly_map, expected)
+    assert calls["clip_images"] == 0
 
 
 def test_disk_tier_keeps_under_its_size_cap_dropping_the_least_recently_used(tmp_path):
