@@ -13,11 +13,12 @@ import contextlib
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.processes import free_port, stop_process_group
 
 REPO = Path(__file__).resolve().parents[1]
 LS_BIN = REPO / ".venv-ls" / "bin" / "label-studio"
@@ -36,20 +37,14 @@ class Launched:
     temporary: bool = False  # root is a temp folder of its own, removed by :func:`finish`
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def launch(root: Path, niceness: int = 0) -> Launched:
     """Start a fresh Label Studio in ``root`` on a free loopback port, with a legacy API token
     (an env-made admin user); it is not yet answering when this returns."""
     home, data = root / "home", root / "data"
     home.mkdir(parents=True)
     data.mkdir()
-    url = f"http://127.0.0.1:{free_port()}"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
     token = secrets.token_hex(20)
     # Label Studio also reads bare names (HOST, PORT, USERNAME...): start from a clean env.
     env = {
@@ -66,8 +61,8 @@ def launch(root: Path, niceness: int = 0) -> Launched:
         "LABEL_STUDIO_LATEST_VERSION_CHECK": "false",
         "LABEL_STUDIO_COLLECT_ANALYTICS": "false",
     }
-    port = url.rsplit(":", 1)[1]
-    cmd = [str(LS_BIN), "start", "--internal-host", "127.0.0.1", "--port", port, "--no-browser"]
+    cmd = [str(LS_BIN), "start", "--internal-host", "127.0.0.1", "--port", str(port),
+           "--no-browser"]  # fmt: skip
     log_path = root / "label_studio.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
@@ -118,22 +113,6 @@ def stop_unclaimed() -> None:
 
 def finish(launched: Launched) -> None:
     """Stop it, and remove its folder when it made its own."""
-    stop(launched.process)
+    stop_process_group(launched.process)
     if launched.temporary:
         shutil.rmtree(launched.root, ignore_errors=True)
-
-
-def stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
-    """SIGTERM the process group (the process leads its own session), then SIGKILL."""
-    import signal
-
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=timeout)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,8 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+
+from tests.processes import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = """<View><Image name="image" value="$image"/>
@@ -32,9 +33,7 @@ def test_serve_script_in_a_fresh_clone_answers_health_and_predict(tmp_path):
         shutil.copy(REPO / name, clone / name)
     image = np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8)
     Image.fromarray(image).save(tmp_path / "part.png")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CLIPSAM_", "REDIS_"))}
     env.update(
         CLIPSAM_PRESET="tiny", PORT=str(port), MODEL_DIR=str(tmp_path / "model_dir"),

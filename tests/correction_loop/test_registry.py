@@ -9,7 +9,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import time
 
 import pytest
@@ -29,6 +28,7 @@ from correction_loop.head_files import (
 from correction_loop.redis_conn import embedded_path
 from correction_loop.registry import ModelRegistry
 from correction_loop.registry_cli import main
+from tests.processes import free_port
 
 METRICS = {"pixel_auroc": 0.91, "aupro": 0.8, "image_auroc": 0.95}
 
@@ -68,12 +68,6 @@ def three(registry, make_head):
 def _serving_file(registry: ModelRegistry) -> dict | None:
     path = registry.heads_dir / SERVING_FILE
     return json.loads(path.read_text()) if path.exists() else None
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---- register / versions ------------------------------------------------------------------
@@ -262,7 +256,7 @@ def test_promotion_is_published_and_serving_key_set(model_dir, redis_server, mak
 
 
 def test_redis_down_still_promotes(model_dir, make_head):
-    dead = _no_retry(redis.Redis(port=_closed_port(), socket_connect_timeout=0.5))
+    dead = _no_retry(redis.Redis(port=free_port(), socket_connect_timeout=0.5))
     with pytest.raises(redis.ConnectionError):
         dead.ping()
     registry = ModelRegistry(model_dir, dead)

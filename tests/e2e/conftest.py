@@ -22,16 +22,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.label_studio_launch import (
-    LS_BIN,
-    REPO,
-    claim,
-    finish,
-    free_port,
-    launch,
-    restore_priority,
-)
-from tests.label_studio_launch import stop as stop_process
+from tests.label_studio_launch import LS_BIN, REPO, claim, finish, launch, restore_priority
+from tests.processes import free_port
+from tests.processes import stop_process_group as stop_process
 
 INSTALL_HINT = "bash scripts/install_labelstudio.sh"
 LS_START_TIMEOUT = 180.0

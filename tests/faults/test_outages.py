@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from correction_loop.store import CorrectionStore
 from tests.backend.conftest import serve
 from tests.faults.harness import Flood, LatencyProbe, events, row
 from tests.helpers import wait_for
+from tests.processes import free_port
 from tests.redis_process import RedisProcess
 
 REPO = Path(__file__).resolve().parents[2]
@@ -74,12 +74,6 @@ def test_redis_killed_mid_flood_loses_nothing(tmp_path, blob_pipeline, fault_rep
         redis_server.kill()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _start_backend(env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
     url = f"http://127.0.0.1:{env['PORT']}"
     with log.open("ab") as out:
@@ -101,7 +95,7 @@ def test_backend_sigkilled_with_a_backlog_while_redis_is_down(tmp_path, fault_re
     redis_server = RedisProcess(tmp_path / "redis")  # down for now
     log = tmp_path / "backend.log"
     env = {**os.environ, "MODEL_DIR": str(tmp_path / "model_dir"), "REDIS_URL": redis_server.url,
-           "PORT": str(_free_port()), "CLIPSAM_PRESET": "tiny", "CLIPSAM_RETRAIN_EVERY": "0",
+           "PORT": str(free_port()), "CLIPSAM_PRESET": "tiny", "CLIPSAM_RETRAIN_EVERY": "0",
            "CLIPSAM_CONFIG": json.dumps({"weights": "random", "use_sam": False}),
            "BASIC_AUTH_USER": "ls", "BASIC_AUTH_PASS": "pw", "CLIPSAM_WEBHOOK_SECRET": SECRET,
            "CLIPSAM_RELOAD_POLL": "0.5", "LOG_LEVEL": "INFO"}  # fmt: skip
