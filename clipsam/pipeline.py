@@ -155,12 +155,10 @@ class Pipeline:
         }
 
     # ---- frozen features (cached) ----------------------------------------------------
-    def features_namespace(self, encoder: str) -> str:
-        """The feature cache's namespace for ``encoder`` ("clip" or "sam"): its backbone and the
-        numerics it runs in, so a disk cache shared by pipelines in fp32, bf16 or int8 never
+    def features_namespace(self, backbone: ClipBackbone | SamBackbone) -> str:
+        """The feature cache's namespace for one of this pipeline's encoders: its backbone and
+        the numerics it runs in, so a disk cache shared by pipelines in fp32, bf16 or int8 never
         hands one of them another's features (fp32 keeps the bare backbone id)."""
-        backbone = self.clip if encoder == "clip" else self.sam
-        assert backbone is not None
         numerics = []
         if backbone.autocast_dtype is not None:
             numerics.append(str(backbone.autocast_dtype).removeprefix("torch."))
@@ -170,7 +168,7 @@ class Pipeline:
 
     def clip_features(self, images: Sequence[np.ndarray], hashes: Sequence[str]) -> list[dict]:
         """CLIP features per image, from the cache or one batched backbone forward."""
-        namespace = self.features_namespace("clip")
+        namespace = self.features_namespace(self.clip)
         found = [self.cache.get(namespace, h) for h in hashes]
         missing = [i for i, entry in enumerate(found) if entry is None]
         if missing:
@@ -185,7 +183,7 @@ class Pipeline:
     def sam_embeddings(self, images: Sequence[np.ndarray], hashes: Sequence[str]) -> list[Tensor]:
         """SAM image embeddings per image, from the cache or one batched encoder forward."""
         assert self.sam is not None
-        namespace = self.features_namespace("sam")
+        namespace = self.features_namespace(self.sam)
         found = [self.cache.get(namespace, h) for h in hashes]
         missing = [i for i, entry in enumerate(found) if entry is None]
         if missing:
@@ -202,7 +200,7 @@ class Pipeline:
         decodes only, without running the encoder."""
         return (
             self.sam is not None
-            and self.cache.get(self.features_namespace("sam"), image_hash(image)) is not None
+            and self.cache.get(self.features_namespace(self.sam), image_hash(image)) is not None
         )
 
     def segment(
