@@ -24,12 +24,13 @@ import redis
 from rq import get_current_job
 
 from clipsam import Pipeline
+from clipsam.defect_types import TypeClassifier
 from clipsam.heads import AnomalyHead, load_head
 from clipsam.images import load_image
 from clipsam.pipeline_cache import shared_pipeline
 from correction_loop import keys
 from correction_loop.corrections import Correction
-from correction_loop.head_files import RegistryError
+from correction_loop.head_files import HeadVersion, RegistryError
 from correction_loop.image_cache import cached_fetch
 from correction_loop.redis_conn import connect
 from correction_loop.registry import ModelRegistry
@@ -233,9 +234,10 @@ def _retrain(
         if gate.serving_metrics is None:
             gate.serving_metrics = judge_head(pipeline, current, held_out, result.start_maps)
     serving_metrics = gate.first_serving_metrics or gate.serving_metrics
-    learn_types(pipeline, result.head, current, train_items, held_items, fetcher, cache,
-                metrics, gate.serving_metrics)  # fmt: skip
+    learned = learn_types(pipeline, result.head, current, train_items, held_items, fetcher,
+                          cache, metrics, gate.serving_metrics)  # fmt: skip
     candidate = registry.register(result.head, metrics, parent=gate.parent, extra=extra)
+    types: HeadVersion | None = None  # the serving head with the learned types, map rejected
     if candidate.version == gate.parent:
         if gate.early is None:  # early stopping kept the warm start: nothing to judge
             status, why = "unchanged", "no epoch beat the serving head on the held-out corrections"
@@ -249,6 +251,10 @@ def _retrain(
         if gate.early and not ok:  # the early head stays: the best epoch did not beat it
             candidate = registry.get(gate.early["version"])
             why = f"{gate.early['reason']}; the best epoch was rejected: {why}"
+        if not ok and learned is not None:
+            types = gate.carry_types(learned, metrics.get("type_accuracy"))
+            if types is not None:
+                why = f"{why}; {types.reason}"
     store.reset_pending(project, seen)
     summary = {
         "project": project,
@@ -258,6 +264,7 @@ def _retrain(
         "metrics": metrics,
         "serving_metrics": serving_metrics,
         "early": gate.early,
+        "types_version": types.version if types else None,
         "train": len(train),
         "held_out": len(held_out),
         "warm_start": warm,
@@ -315,6 +322,43 @@ class _Gate:
                       "reason": f"epoch {epoch} promoted early ({seconds} s): {why}"}  # fmt: skip
         logger.info("retrain: %s", self.early["reason"])
 
+    def carry_types(self, learned: TypeClassifier, accuracy: float | None) -> HeadVersion | None:
+        """The map head was rejected, but the defect types it learned from the corrections need
+        not wait for a later promotion: serve them on the head that stays (the same map
+        weights, so the same held-out metrics), unless they type the held-out regions worse
+        than the types it has. None when nothing changed (no trained head serves, it already
+        has these types, or they are worse)."""
+        serving = self.registry.serving()
+        if serving is None:  # the training-free head serves: no head file to carry them in
+            return None
+        head = load_head(serving.path, self.pipeline.clip.backbone_id)
+        if head.type_classifier is not None and head.type_classifier.to_dict() == learned.to_dict():
+            return None
+        before = (self.serving_metrics or {}).get("type_accuracy")
+        if accuracy is not None and before is not None and accuracy < before:
+            logger.info("retrain: learned types kept back: held-out type accuracy %.3f < %.3f",
+                        accuracy, before)  # fmt: skip
+            return None
+        head.type_classifier = learned
+        metrics = {**(self.serving_metrics or {})}
+        if accuracy is not None:
+            metrics["type_accuracy"] = accuracy
+        counts = dict(zip(learned.labels, learned.examples, strict=True))
+        reason = f"defect types learned from corrected regions {counts} serve on {serving.version}"
+        if accuracy is not None and before is not None:
+            reason += f" (held-out type accuracy {accuracy:.3f} >= {before:.3f})"
+        carrier = self.registry.register(head, metrics, parent=serving.version,
+                                         extra={**self.extra, "types_only": True})  # fmt: skip
+        try:
+            promoted = self.registry.promote(carrier.version, reason,
+                                             shapes=pipeline_shapes(self.pipeline))  # fmt: skip
+        except RegistryError as exc:
+            logger.warning("retrain: the learned types could not be served: %s", exc)
+            return None
+        self.parent = promoted.version
+        logger.info("retrain: %s", reason)
+        return promoted
+
     def promote(self, version: str, metrics: dict[str, float]) -> tuple[bool, str]:
         """Gate ``version`` against the serving head and serve it if it passes."""
         ok, why = self.registry.decide(version, metrics, self.serving_metrics)
@@ -369,14 +413,14 @@ def learn_types(
     cache: Path,
     metrics: dict[str, float],
     serving_metrics: dict[str, float] | None,
-) -> None:
+) -> TypeClassifier | None:
     """Fit the defect-type classifier on the labelled regions of ``train`` into ``candidate``
     (it keeps the one it was warm-started with when fewer than two labels were corrected), and
-    report both heads' type accuracy on ``held_out``'s regions (``type_accuracy``; for the
-    record, the promotion gate does not use it)."""
+    report both heads' type accuracy on ``held_out``'s regions (``type_accuracy``; the map
+    gate does not use it, :meth:`_Gate.carry_types` does). Returns the fitted classifier."""
     named = {label for c in train + held_out if not c.was_cancelled for label in c.label_masks}
     if len(named) < 2:  # one label ("Defect"): no types to tell apart, nothing to fetch
-        return
+        return None
     examples = _type_examples(pipeline, train, fetcher, cache, predicted=True)
     classifier = fit_types(examples)
     if classifier is not None:
@@ -384,13 +428,14 @@ def learn_types(
     held = _type_examples(pipeline, held_out, fetcher, cache)
     labels = sorted({e.label for e in examples + held})
     if len(labels) < 2 or not held:
-        return
+        return classifier
     accuracy = type_accuracy(pipeline, candidate.type_classifier, held, labels)
     if accuracy is not None:
         metrics["type_accuracy"] = accuracy
     before = type_accuracy(pipeline, serving.type_classifier, held, labels)
     if serving_metrics is not None and before is not None:
         serving_metrics["type_accuracy"] = before
+    return classifier
 
 
 def _type_examples(

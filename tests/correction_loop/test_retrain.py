@@ -10,6 +10,7 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from clipsam.data import load_mask, make_synthetic_dataset, read_mvtec
@@ -186,11 +187,10 @@ def test_a_small_project_still_holds_one_correction_out():
     assert len(alone_train) + len(alone_held) == 1  # one correction is never in both
 
 
-@pytest.mark.slow
-def test_a_job_learns_defect_types_from_labelled_regions(tmp_path, redis_server):
-    """Scratches and spots labelled as such: the new head carries a classifier of both, and it
-    types the held-out corrections' regions (shape tells a line from a blob even with random
-    CLIP weights); the same corrections with the labels swapped teach the opposite."""
+@pytest.fixture
+def typed_served(tmp_path: Path):
+    """16 hex nuts over HTTP, scratches and spots by turns: (url, [(mask, true label)], the
+    generator that drew them, for more of the same)."""
     folder = tmp_path / "images"
     folder.mkdir()
     rng = np.random.default_rng(5)
@@ -204,25 +204,36 @@ def test_a_job_learns_defect_types_from_labelled_regions(tmp_path, redis_server)
         ("127.0.0.1", 0), lambda *a, **k: _CountingFiles(*a, directory=str(folder), **k)
     )
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
+    yield f"http://127.0.0.1:{server.server_address[1]}", samples, rng
+    server.shutdown()
+
+
+def _store_typed(redis_server, url: str, samples, swap: dict[str, str] | None = None) -> None:
+    store = CorrectionStore(redis_server)
+    for index, (mask, label) in enumerate(samples):
+        label = (swap or {}).get(label, label)
+        event = annotation_event(index + 1, index + 1, f"{url}/{index}.png", mask,
+                                 category="hex nut", label=label)  # fmt: skip
+        store.upsert(correction_from_event(event))
+
+
+@pytest.mark.slow
+def test_a_job_learns_defect_types_from_labelled_regions(tmp_path, redis_server, typed_served):
+    """Scratches and spots labelled as such: the new head carries a classifier of both, and it
+    types the held-out corrections' regions (shape tells a line from a blob even with random
+    CLIP weights); the same corrections with the labels swapped teach the opposite."""
+    url, samples, rng = typed_served
     heads, held_out = {}, {}
-    try:
-        for run, swap in (("right", {}), ("swapped", {"Scratch": "Spot", "Spot": "Scratch"})):
-            store = CorrectionStore(redis_server)
-            for index, (mask, label) in enumerate(samples):
-                event = annotation_event(index + 1, index + 1, f"{url}/{index}.png", mask,
-                                         category="hex nut", label=swap.get(label, label))  # fmt: skip
-                store.upsert(correction_from_event(event))
-            model_dir = tmp_path / run
-            summary = _job(model_dir, redis_server, min_steps=0)  # the types are what counts
-            head = load_head(ModelRegistry(model_dir).get(summary["version"]).path)
-            assert head.type_classifier is not None
-            assert head.type_classifier.labels == ("Scratch", "Spot")
-            assert sum(head.type_classifier.examples) >= 8
-            heads[run] = head
-            held_out[run] = summary["metrics"]["type_accuracy"]
-    finally:
-        server.shutdown()
+    for run, swap in (("right", {}), ("swapped", {"Scratch": "Spot", "Spot": "Scratch"})):
+        _store_typed(redis_server, url, samples, swap)
+        model_dir = tmp_path / run
+        summary = _job(model_dir, redis_server, min_steps=0)  # the types are what counts
+        head = load_head(ModelRegistry(model_dir).get(summary["version"]).path)
+        assert head.type_classifier is not None
+        assert head.type_classifier.labels == ("Scratch", "Spot")
+        assert sum(head.type_classifier.examples) >= 8
+        heads[run] = head
+        held_out[run] = summary["metrics"]["type_accuracy"]
     pipeline = shared_pipeline("tiny", {"use_sam": False, "weights": "random"})  # the job's own
     fresh = []
     for index in range(8):  # new images, their true types
@@ -236,3 +247,35 @@ def test_a_job_learns_defect_types_from_labelled_regions(tmp_path, redis_server)
     print("held-out type accuracy", held_out, "on new images", accuracies)
     assert held_out["right"] >= 0.8 and accuracies["right"] >= 0.8, (held_out, accuracies)
     assert accuracies["swapped"] <= 0.2, accuracies  # it learns what it is taught
+
+
+@pytest.mark.slow
+def test_types_learned_by_a_rejected_retrain_still_serve(
+    tmp_path, redis_server, typed_served, monkeypatch
+):
+    """The gate rejects the retrained map head, but the defect types it learned from the
+    corrections serve at once, on the head that stays: its map weights unchanged."""
+    url, samples, _ = typed_served
+    model_dir = tmp_path / "models"
+    registry = ModelRegistry(model_dir, redis_server)
+    pipeline = shared_pipeline("tiny", {"use_sam": False, "weights": "random"})  # the job's own
+    serving = registry.register(pipeline.new_head(0, kind="umci"), {}, parent=None)
+    registry.promote(serving.version, "a trained head serves")
+    rejected = []
+
+    def reject_every_map_head(self, candidate, *args, **kwargs):
+        rejected.append(candidate)
+        return False, f"reject {candidate}: the test's gate"
+
+    monkeypatch.setattr(ModelRegistry, "decide", reject_every_map_head)
+    _store_typed(redis_server, url, samples)
+    summary = _job(model_dir, redis_server, min_steps=0, warm_epochs=1, promote_early=False)
+    assert summary["status"] == "rejected" and rejected, summary
+    now = registry.serving()
+    assert now is not None and now.version == summary["types_version"] != serving.version
+    assert now.parent == serving.version
+    head, before = load_head(now.path), load_head(serving.path)
+    assert head.type_classifier is not None
+    assert head.type_classifier.labels == ("Scratch", "Spot")
+    weights, old = head.state_dict(), before.state_dict()
+    assert all(torch.equal(weights[name], old[name]) for name in old), "map weights changed"
