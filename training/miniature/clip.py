@@ -72,7 +72,8 @@ class MicroClipConfig:
     sentences_per_state: int = 6
     dense_weight: float = 2.0
     #: Which patch tokens the dense objective supervises: the value-value side path (what the
-    #: training-free head reads), the last block's tokens through ln_post/proj, or both.
+    #: training-free head reads), the last block's tokens through ln_post/proj, both, or
+    #: none (contrastive and image-state objectives only, as real CLIP never saw a mask).
     dense_on: str = "both"
     state_weight: float = 1.0
     seed: int = 0
@@ -307,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=MicroClipConfig.seed)
     parser.add_argument(
         "--dense-on",
-        choices=("vv", "final", "both"),
+        choices=("vv", "final", "both", "none"),
         default=MicroClipConfig.dense_on,
         help="patch tokens the dense objective supervises (docs/miniature.md: 'final' leaves "
         "the training-free head's value-value path unsupervised)",
