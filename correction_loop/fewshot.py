@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -88,6 +89,7 @@ class MemorySync:
         fetcher: ImageFetcher,
         limits: MemoryLimits = MemoryLimits(),
         poll: float = 30.0,
+        rescan: float = 600.0,
     ) -> None:
         self.store = store
         self.model = model
@@ -95,6 +97,12 @@ class MemorySync:
         self.fetcher = fetcher
         self.limits = limits
         self.poll = poll
+        #: Seconds after which a pass reads every correction again even though the store's
+        #: change stream says nothing changed (a safety net; between, passes read one id).
+        self.rescan = rescan
+        #: (folder, the store's last change id) of the last full pass, and when it ran.
+        self._scanned: tuple[Path, str] | None = None
+        self._scanned_at = -math.inf
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -142,20 +150,37 @@ class MemorySync:
         pipeline = self.model.wait(0)
         folder = backbone_folder(self.model_dir, pipeline.clip.backbone_id)
         try:
-            wanted = {
-                c.annotation_id: c
-                for project in self.store.projects()
-                for c in self.store.list_project(project)
-                if is_reference(c)
-            }
+            change = self.store.last_change()  # before the scan: a write during it rescans
+            wanted = None
+            if not self._up_to_date(folder, change):
+                wanted = {
+                    c.annotation_id: c
+                    for project in self.store.projects()
+                    for c in self.store.list_project(project)
+                    if is_reference(c)
+                }
         except redis.exceptions.RedisError as exc:
             self._outage.warning("normal memory: Redis unavailable (%s); serving the files", exc)
         else:
             self._outage.recovered("normal memory: Redis is back")
-            self._update_files(pipeline, folder, wanted)
+            if wanted is not None:
+                self._update_files(pipeline, folder, wanted)
+                self._scanned, self._scanned_at = (folder, change), time.monotonic()
         self._serve(pipeline, folder)
         self.passes += 1
         return True
+
+    def _up_to_date(self, folder: Path, change: str) -> bool:
+        """Whether the last full pass saw this very state: same backbone folder, no write to
+        the store since, no failed image due for a retry, and not yet time for a rescan.
+        Reading every correction (masks included) each ``poll`` seconds would cost a large
+        project megabytes per pass for nothing."""
+        now = time.monotonic()
+        return (
+            self._scanned == (folder, change)
+            and now - self._scanned_at < self.rescan
+            and not any(when <= now for when in self._failed.values())
+        )
 
     def _update_files(
         self, pipeline: Pipeline, folder: Path, wanted: dict[int, Correction]

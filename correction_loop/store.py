@@ -196,6 +196,12 @@ class CorrectionStore:
                 )  # fmt: skip
         return entries
 
+    def last_change(self) -> str:
+        """The id of the newest change entry, ``"0-0"`` before any. Every write adds one, so
+        an unchanged id means unchanged corrections (readers can skip a full scan)."""
+        reply: Any = self.redis.xrevrange(self.stream_key, count=1)
+        return _text(reply[0][0]) if reply else "0-0"
+
     # -- helpers ------------------------------------------------------------------------------
     def _stream(self, pipe: redis.client.Pipeline, action: str, aid: int, project: str) -> None:
         pipe.xadd(

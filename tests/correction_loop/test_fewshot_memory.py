@@ -142,9 +142,35 @@ def test_a_failing_image_is_skipped_then_retried(
     sync.sync()  # not yet: it waits RETRY_SECONDS
     assert sources(pipeline) == ("31",)
     monkeypatch.setattr(sync_module, "RETRY_SECONDS", 0.0)
-    sync._failed.clear()
+    sync._failed = dict.fromkeys(sync._failed, 0.0)  # its retry is due
     sync.sync()
     assert sources(pipeline) == ("31", "33")
+    pipeline.memories.remove("widget")
+
+
+def test_a_pass_reads_the_corrections_only_after_they_changed(
+    redis_server, pipeline, images, tmp_path, monkeypatch
+):
+    """Passes run every 30 s in every backend process; one with nothing new in the store's
+    change stream reads one id, not every correction with its masks."""
+    url, _ = images
+    store = CorrectionStore(redis_server)
+    store.upsert(good(41, url))
+    reads: list[str] = []
+    list_project = store.list_project
+    monkeypatch.setattr(store, "list_project", lambda p: reads.append(p) or list_project(p))
+    sync = make_sync(store, pipeline, tmp_path / "md")
+    assert sync.sync() and reads and sources(pipeline) == ("41",)
+    reads.clear()
+    assert sync.sync() and sync.sync()
+    assert not reads and sources(pipeline) == ("41",)
+    store.upsert(good(42, url))
+    sync.sync()
+    assert reads and sources(pipeline) == ("41", "42")
+    reads.clear()
+    sync.rescan = 0.0  # the safety net: a full pass now and then whatever the stream says
+    sync.sync()
+    assert reads
     pipeline.memories.remove("widget")
 
 
