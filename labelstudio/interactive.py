@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from labelstudio.label_config import ControlSpec, LabelConfigError, _interface, smart_parts
+from labelstudio.label_config import ControlSpec, LabelConfigError, parse_interface, smart_parts
 
 #: Smart tool tags and the result ``type`` their regions arrive with.
 SMART_TOOLS = {"KeyPointLabels": "keypointlabels", "RectangleLabels": "rectanglelabels"}
@@ -102,7 +102,7 @@ def find_context(params: Any, extra: dict[str, Any] | None) -> Any:
 def interactive_config(config: str, defect_label: str | None = None) -> InteractiveConfig:
     """The smart tools of ``config`` and the control their masks go to; a
     :class:`LabelConfigError` says why the config cannot take interactive masks."""
-    interface = _interface(config)
+    interface = parse_interface(config)
     images = {tag.name: tag for tag in interface.objects if tag.tag == "Image"}
     tools: list[tuple[str, SmartTool]] = []
     image_name = None

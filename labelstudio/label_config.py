@@ -1,7 +1,8 @@
 """Reading a project's label config: which image to fetch and which controls to fill.
 
 Names (``from_name``, ``to_name``, the task data key, label values) always come from the config,
-parsed once per distinct config with label-studio-sdk's ``LabelInterface`` (:func:`_interface`).
+parsed once per distinct config with label-studio-sdk's ``LabelInterface``
+(:func:`parse_interface`).
 :func:`parse_label_config` is strict (what /predict and prelabel fill, or
 :class:`LabelConfigError`); :func:`image_reference` is lenient (which task-data value is the
 image, for annotations arriving by webhook or in an export: a guess when the config cannot say).
@@ -64,7 +65,7 @@ class LabelSpec:
 @lru_cache(maxsize=64)
 def parse_label_config(config: str, defect_label: str | None = None) -> LabelSpec:
     """The serving plan for a label config; :class:`LabelConfigError` says what is missing."""
-    interface = _interface(config)
+    interface = parse_interface(config)
     images = {tag.name: tag for tag in interface.objects if tag.tag == "Image"}
     if not images:
         raise LabelConfigError("label config has no <Image> tag; this backend labels images")
@@ -95,7 +96,7 @@ def image_tag(config: str) -> tuple[str, str] | None:
     """(name, data key) of the config's first ``<Image value=...>``; None (warned once per
     config) when the config is unreadable or has none."""
     try:
-        interface = _interface(config)
+        interface = parse_interface(config)
     except LabelConfigError as exc:
         logger.warning(
             "label config unreadable (%s); guessing the image key from task data", exc.__cause__
@@ -121,7 +122,7 @@ def image_reference(config: Any, data: dict[str, Any]) -> tuple[str | None, str 
 
 
 @lru_cache(maxsize=64)
-def _interface(config: str) -> LabelInterface:
+def parse_interface(config: str) -> LabelInterface:
     """The one parse of a config; :class:`LabelConfigError` when it is not valid XML."""
     try:
         return LabelInterface(config)
