@@ -1,7 +1,8 @@
 """Frozen encoders, stock against our fast paths: seconds per image and numeric difference.
 
-SAM's image encoder: segment-anything's own attention vs SDPA with the rel-pos bias as mask
-and, where our CPU fp32 path takes it, the global blocks' row-chunked attention
+SAM's image encoder: segment-anything's own attention vs SDPA with the rel-pos bias folded
+into the queries and keys (ours), SDPA with it materialised as a mask (the route before) and,
+where our CPU fp32 path takes it, the global blocks' row-chunked attention
 (``clipsam.sam_fast``), each in fp32 and under bf16 autocast. CLIP: open_clip's
 ``forward_intermediates`` vs our tapped forward (``ClipBackbone.encode_images``), fp32 and bf16.
 On CPU, both fast paths also with int8 dynamic quantisation of their linear layers
@@ -75,7 +76,11 @@ def run(args: argparse.Namespace) -> str:
     import clipsam
     from clipsam import sam_fast
     from clipsam.precision import autocast
-    from clipsam.sam_fast import disable_fast_attention, enable_flex_attention
+    from clipsam.sam_fast import (
+        disable_fast_attention,
+        enable_flex_attention,
+        enable_mask_attention,
+    )
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -116,12 +121,16 @@ def run(args: argparse.Namespace) -> str:
     disable_fast_attention(stock_encoder)
     size = pipeline.sam.img_size
     pixels = torch.randn(args.batch, 3, size, size, device=device)
+    mask_encoder = copy.deepcopy(stock_encoder)
+    enable_mask_attention(mask_encoder)
     cases: dict[str, tuple[Any, ...]] = {
         "segment-anything, fp32 (stock)": (stock_encoder, None),
         "segment-anything, bf16 autocast": (stock_encoder, half),
-        "SDPA + rel-pos mask in every block, fp32": (fast_encoder, None, False),
-        "ours, fp32: global blocks row-chunked, windows SDPA + mask": (fast_encoder, None),
-        "SDPA + rel-pos mask, bf16 autocast (ours)": (fast_encoder, half),
+        "SDPA + materialised rel-pos mask in every block, fp32": (mask_encoder, None),
+        "SDPA, rel-pos folded into q·kᵀ in every block, fp32": (fast_encoder, None, False),
+        "ours, fp32: global blocks row-chunked, windows folded": (fast_encoder, None),
+        "SDPA + materialised rel-pos mask, bf16 autocast (before)": (mask_encoder, half),
+        "ours, bf16 autocast: rel-pos folded into q·kᵀ": (fast_encoder, half),
     }
     if args.skip_bf16:
         cases = {name: case for name, case in cases.items() if case[1] is None}
@@ -137,14 +146,14 @@ def run(args: argparse.Namespace) -> str:
             if block.window_size > 0:
                 windowed_compiled.blocks[index] = torch.compile(block, dynamic=False)
         cases["flex_attention, bias as score_mod (compiled), fp32"] = (flex_encoder, None)
-        cases["torch.compile(encoder), SDPA + mask in every block, fp32"] = (
+        cases["torch.compile(encoder), rel-pos folded in every block, fp32"] = (
             compiled, None, False)  # fmt: skip
         cases["torch.compile(windowed blocks), global blocks row-chunked, fp32"] = (
             windowed_compiled, None)  # fmt: skip
         if not args.skip_bf16:
             cases["flex_attention, bias as score_mod (compiled), bf16 autocast"] = (
                 flex_encoder, half)  # fmt: skip
-            cases["torch.compile(encoder), SDPA + mask, bf16 autocast"] = (compiled, half)
+            cases["torch.compile(encoder), rel-pos folded, bf16 autocast"] = (compiled, half)
 
     def sam_call(
         encoder: Any, dtype: torch.dtype | None, chunked: bool = True

@@ -89,9 +89,44 @@ def row_chunked_attention(
     return out
 
 
+def folded_rel_pos_attention(
+    attn: Attention, q: Tensor, k: Tensor, v: Tensor, size: tuple[int, int]
+) -> Tensor:
+    """softmax(scale · q kᵀ + decomposed rel-pos bias) v for (B, heads, HW, C) q, k, v, with the
+    bias folded into the queries and keys, so that SDPA's fused kernel runs without a mask.
+
+    Query (h, w) and key (kh, kw) get ``bias_h[q, kh] + bias_w[q, kw]``: the dot product of
+    the query's bias terms ``[bias_h[q, :] | bias_w[q, :]]`` (over scale) with the key's one-hot
+    grid position ``[e_kh | e_kw]``. Appended to q and k (head dim C + H + W), it turns the
+    bias into part of ``q kᵀ``; v is zero-padded to the same width (SDPA's fused kernels want
+    one head dim) and the padding dropped after. Exact: every product with a one-hot is a
+    copy, and the kernel accumulates in fp32, so under bf16 the bias is rounded once, not
+    summed in bf16 as the materialised mask was; no (HW × HW) bias is ever written."""
+    batch, heads, tokens, dim = q.shape
+    height, width = size
+    bias_h, bias_w = rel_pos_terms(attn, q.reshape(batch * heads, tokens, dim), size)
+    inverse = 1.0 / attn.scale  # SDPA scales the whole product, bias columns included
+    rows = torch.arange(tokens, device=q.device)
+    grid = torch.cat([F.one_hot(rows // width, height), F.one_hot(rows % width, width)], dim=-1).to(
+        k.dtype
+    )  # (HW, H + W)
+    q = torch.cat(
+        [
+            q,
+            (bias_h * inverse).reshape(batch, heads, tokens, height).to(q.dtype),
+            (bias_w * inverse).reshape(batch, heads, tokens, width).to(q.dtype),
+        ],
+        dim=-1,
+    )
+    k = torch.cat([k, grid.expand(batch, heads, tokens, height + width)], dim=-1)
+    v = F.pad(v, (0, height + width))
+    return F.scaled_dot_product_attention(q, k, v, scale=attn.scale)[..., :dim]
+
+
 def sdpa_forward(self: Attention, x: Tensor) -> Tensor:
     """Drop-in for ``Attention.forward`` (x: (B, H, W, C)); large CPU fp32 attentions with the
-    rel-pos bias go through :func:`row_chunked_attention`."""
+    rel-pos bias go through :func:`row_chunked_attention`, the others through
+    :func:`folded_rel_pos_attention`."""
     batch, height, width, _ = x.shape
     tokens = height * width
     qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
@@ -104,14 +139,37 @@ def sdpa_forward(self: Attention, x: Tensor) -> Tensor:
         flat_q, flat_k, flat_v = (t.reshape(batch * self.num_heads, tokens, -1) for t in (q, k, v))
         terms = rel_pos_terms(self, flat_q, (height, width))
         out = row_chunked_attention(flat_q, flat_k, flat_v, *terms, self.scale)
+    elif self.use_rel_pos:
+        out = folded_rel_pos_attention(self, q, k, v, (height, width))
     else:
-        mask = None
-        if self.use_rel_pos:
-            flat_q = q.reshape(batch * self.num_heads, tokens, -1)
-            mask = rel_pos_bias(self, flat_q, (height, width)).to(q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = F.scaled_dot_product_attention(q, k, v)
+    out = out.reshape(batch, self.num_heads, height, width, -1).permute(0, 2, 3, 1, 4)
+    return self.proj(out.reshape(batch, height, width, -1))
+
+
+def mask_forward(self: Attention, x: Tensor) -> Tensor:
+    """``Attention.forward`` through SDPA with the rel-pos bias materialised as its additive
+    mask (B, heads, HW, HW): the route before :func:`folded_rel_pos_attention`, kept for the
+    benchmarks (``enable_mask_attention``). On SAM's global blocks that mask is 4096² per head,
+    written and read back: under bf16 on CPU its broadcast add took longer than the attention."""
+    batch, height, width, _ = x.shape
+    tokens = height * width
+    qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)  # (B, heads, HW, C)
+    mask = None
+    if self.use_rel_pos:
+        flat_q = q.reshape(batch * self.num_heads, tokens, -1)
+        mask = rel_pos_bias(self, flat_q, (height, width)).to(q.dtype)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     out = out.view(batch, self.num_heads, height, width, -1).permute(0, 2, 3, 1, 4)
     return self.proj(out.reshape(batch, height, width, -1))
+
+
+def enable_mask_attention(encoder: ImageEncoderViT) -> int:
+    """Route every block's attention of ``encoder`` through :func:`mask_forward`."""
+    for block in encoder.blocks:
+        block.attn.forward = types.MethodType(mask_forward, block.attn)
+    return len(encoder.blocks)
 
 
 def flex_forward(self: Attention, x: Tensor) -> Tensor:

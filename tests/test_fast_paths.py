@@ -29,11 +29,12 @@ from clipsam.sam_fast import (
     ],
     ids=["2-blocks-256px", "3-blocks-320px", "micro-sam"],  # windowed + global blocks
 )
-@pytest.mark.parametrize("route", ["sdpa", "row-chunked"])
+@pytest.mark.parametrize("route", ["folded", "row-chunked", "mask"])
 def test_sam_encoder_with_sdpa_matches_stock(arch, route, monkeypatch):
-    """Both fast routes: SDPA with the rel-pos bias as its mask, and (what SAM's 4096-token
-    global blocks take on CPU) the row-chunked attention, here on every block, with blocks of
-    3 query rows so that the last block of a grid is a short one."""
+    """Every SDPA route: the rel-pos bias folded into the queries and keys (the default), the
+    row-chunked attention (what SAM's 4096-token global blocks take on CPU in fp32; here on
+    every block, with blocks of 3 query rows so that the last block of a grid is a short one),
+    and the bias materialised as SDPA's mask (the earlier route, kept for the benchmarks)."""
     if route == "row-chunked":
         monkeypatch.setattr(sam_fast, "CHUNKED_MIN_TOKENS", 1)
         monkeypatch.setattr(sam_fast, "CHUNK_ROWS", 3)
@@ -43,7 +44,8 @@ def test_sam_encoder_with_sdpa_matches_stock(arch, route, monkeypatch):
         block.attn.rel_pos_h.data.normal_(0, 0.5)
         block.attn.rel_pos_w.data.normal_(0, 0.5)
     fast = copy.deepcopy(stock)
-    assert enable_fast_attention(fast) == arch.depth
+    enable = sam_fast.enable_mask_attention if route == "mask" else enable_fast_attention
+    assert enable(fast) == arch.depth
     pixels = torch.randn(2, 3, arch.img_size, arch.img_size)
     with torch.inference_mode():
         expected, got = stock(pixels), fast(pixels)
