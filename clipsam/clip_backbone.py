@@ -71,8 +71,6 @@ class ClipBackbone(nn.Module):
         self._text_key_locks: dict[tuple[str, tuple[str, ...]], threading.Lock] = {}
         #: Set by the pipeline (``clipsam.precision``): image forwards run under this autocast.
         self.autocast_dtype: torch.dtype | None = None
-        #: ``_encode_images`` compiled for one image (``clipsam.compiled``); None runs eagerly.
-        self.compiled: Any = None
 
     @property
     def visual(self) -> Any:
@@ -97,11 +95,7 @@ class ClipBackbone(nn.Module):
     @torch.inference_mode()
     def encode_images(self, pixels: Tensor) -> dict[str, Tensor]:
         with autocast(self.device, self.autocast_dtype):
-            if self.compiled is None:
-                out = self._encode_images(pixels)
-            else:  # one image per call: one input shape, compiled once
-                parts = [self.compiled(pixels[i : i + 1]) for i in range(len(pixels))]
-                out = {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
+            out = self._encode_images(pixels)
         return {name: tensor.float() for name, tensor in out.items()}
 
     def _encode_images(self, pixels: Tensor) -> dict[str, Tensor]:

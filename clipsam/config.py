@@ -90,10 +90,6 @@ class PipelineConfig:
     #: run int8 dynamic quantisation, CPU only, fp32 elsewhere (``clipsam.quantize``). Not the
     #: same numbers as fp32, so off by default; README, Benchmarks has its speed and agreement.
     quantize: Literal["none", "int8"] = "none"
-    #: Compile the frozen encoders with TorchInductor at load (``clipsam.compiled``): faster per
-    #: image, but 40-110 s more to load, so for long-running servers and big prelabel runs.
-    #: The same computation to rounding, so it shares the feature cache with eager pipelines.
-    compile: bool = False
     batch_size: int = 8
     #: Image score = w · s + (1 − w) · max of the final map (method spec §4), where s is
     #: ``clip_max``: CLIP's global embedding against T; ``hsf``: AdaCLIP's hybrid semantic

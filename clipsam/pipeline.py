@@ -438,8 +438,6 @@ def load_pipeline(
     serves until a head is trained.
     """
     config = resolve_config(preset, **overrides)
-    if config.compile and config.quantize != "none":
-        raise ValueError("compile=True needs quantize='none' (int8 layers do not compile)")
     paths = WeightPaths.from_env() if weight_paths is None else weight_paths
     if config.head_path is None and paths.head is not None:
         config = dataclasses.replace(config, head_path=str(paths.head))
@@ -460,10 +458,6 @@ def load_pipeline(
         sam.set_precision(clip.autocast_dtype)
     if config.quantize == "int8":
         quantize_encoders(config, clip, sam, device)
-    if config.compile:
-        from clipsam.compiled import compile_encoders
-
-        compile_encoders(clip, sam)
     head = (
         load_head(config.head_path, clip.backbone_id)
         if config.head_path is not None

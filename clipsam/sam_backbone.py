@@ -10,7 +10,6 @@ import logging
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -128,8 +127,6 @@ class SamBackbone:
             enable_fast_decoder(sam.mask_decoder)
         #: The encoder runs under this autocast; see :meth:`set_precision`.
         self.autocast_dtype: torch.dtype | None = None
-        #: The image encoder compiled for one image (``clipsam.compiled``); None runs eagerly.
-        self.compiled_encoder: Any = None
         self.img_size = int(sam.image_encoder.img_size)
         self.transform = ResizeLongestSide(self.img_size)
         self._dense_pe: dict[tuple[torch.device, torch.dtype], Tensor] = {}
@@ -165,10 +162,7 @@ class SamBackbone:
             resized = torch.as_tensor(self.transform.apply_image(image), device=self.device)
             batch.append(self.sam.preprocess(resized.permute(2, 0, 1).float()))
         with autocast(self.device, self.autocast_dtype):
-            if self.compiled_encoder is None:
-                return self.sam.image_encoder(torch.stack(batch)).float()
-            # one image per call: one input shape, compiled once
-            return torch.cat([self.compiled_encoder(pixels[None]) for pixels in batch]).float()
+            return self.sam.image_encoder(torch.stack(batch)).float()
 
     def dense_pe(self, dtype: torch.dtype) -> Tensor:
         """The prompt encoder's positional encoding of the embedding grid: constant, so kept."""
