@@ -47,10 +47,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="also time the compiled routes (flex_attention with the rel-pos bias as a score "
         "modification; torch.compile of the whole SAM encoder, and of its windowed blocks "
-        "beside the row-chunked global ones): a few minutes of compiling",
+        "beside the row-chunked global ones; both encoders with Inductor's freezing under "
+        "bf16): several minutes of compiling",
     )
     parser.add_argument("--out", type=Path, default=None, help="also write the table here")
     return parser.parse_args(argv)
+
+
+#: Inductor's freezing: the frozen weights become constants, pre-packed for the matmul kernels.
+FREEZING = {"freezing": True}
 
 
 def interleaved(
@@ -141,6 +146,7 @@ def run(args: argparse.Namespace) -> str:
         flex_encoder = copy.deepcopy(stock_encoder)
         enable_flex_attention(flex_encoder)
         compiled = torch.compile(fast_encoder, dynamic=False)
+        frozen = torch.compile(fast_encoder, dynamic=False, options=FREEZING)
         windowed_compiled = copy.deepcopy(fast_encoder)
         for index, block in enumerate(windowed_compiled.blocks):
             if block.window_size > 0:
@@ -154,6 +160,8 @@ def run(args: argparse.Namespace) -> str:
             cases["flex_attention, bias as score_mod (compiled), bf16 autocast"] = (
                 flex_encoder, half)  # fmt: skip
             cases["torch.compile(encoder), rel-pos folded, bf16 autocast"] = (compiled, half)
+            cases["torch.compile(encoder, freezing), rel-pos folded, bf16 autocast"] = (
+                frozen, half)  # fmt: skip
 
     def sam_call(
         encoder: Any, dtype: torch.dtype | None, chunked: bool = True
@@ -202,6 +210,14 @@ def run(args: argparse.Namespace) -> str:
                 calls["ours (SDPA, taps, vv), bf16 autocast"] = ours(half, clip)
             if int8 is not None:
                 calls["ours, int8 linear layers (quantize='int8')"] = ours(None, int8.clip)
+            if args.compiled and not args.skip_bf16:  # compiles on its warm-up call
+                forward = torch.compile(clip._encode_images, dynamic=False, options=FREEZING)
+
+                def compiled_clip() -> Any:
+                    with autocast(device, half):
+                        return forward(pixels)["stages"]
+
+                calls["ours, torch.compile(freezing), bf16 autocast"] = compiled_clip
             clip_cases = interleaved(calls, args.repeats, sync)
         stock_s, stock_out = clip_cases["open_clip forward_intermediates, fp32 (stock)"]
         for name, (seconds, out) in clip_cases.items():
