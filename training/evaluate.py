@@ -416,7 +416,7 @@ def _write_outputs(
             {
                 "spec": d.spec,
                 "images": {name: len(s) for name, s in d.classes.items()},
-                "metrics": _json_safe(per_class),
+                "metrics": json_safe(per_class),
             }
             for d, per_class in zip(datasets, results, strict=True)
         ],
@@ -428,10 +428,10 @@ def _write_outputs(
     print(f"\nmetrics: {metrics_path}\nreport:  {html_path}")
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """NaN (an undefined metric) becomes null: strict JSON readers reject NaN."""
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, float) and math.isnan(value):
         return None
     return value

@@ -45,7 +45,7 @@ from clipsam.metrics import evaluate
 from clipsam.pipeline import Pipeline
 from clipsam.weights import WeightPaths
 from training.datasets import iter_labeled
-from training.evaluate import class_mean, open_datasets, predict_class
+from training.evaluate import class_mean, json_safe, open_datasets, predict_class
 from training.trainer import TrainConfig, prepare_samples, train_head
 
 logger = logging.getLogger("training.reproduce")
@@ -386,17 +386,9 @@ def write_results(path: Path, runs: Sequence[Run], table: str, pipeline: Pipelin
         "sam_backbone": info["sam_backbone"],
         "random_weights": info["random_weights"],
         "published": {m: {d: list(v) for d, v in n.items()} for m, n in PUBLISHED.items()},
-        "runs": [_json_safe(asdict(run)) for run in runs],
+        "runs": [json_safe(asdict(run)) for run in runs],
     }
     path.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
 
 
 if __name__ == "__main__":
