@@ -38,9 +38,12 @@ EXPECTED = {
 }
 
 
-def _run(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def _run(
+    args: list[str], cwd: Path, timeout: float = 300, **extra_env: str
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env["OMP_NUM_THREADS"] = "1"
+    env.update(extra_env)
     return subprocess.run(
         args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
@@ -150,8 +153,9 @@ print(json.dumps({
 
 @pytest.mark.slow
 def test_console_scripts_and_python_dash_m_answer_help(installed: Path, tmp_path: Path) -> None:
-    """Each console script, and each ``python -m`` form, from the venv. Run side by side: each
-    is a cold interpreter importing torch, and one after another they took minutes."""
+    """Each console script, and each ``python -m`` form, from the venv, without importing
+    torch (Python's import log, ``PYTHONPROFILEIMPORTTIME``, names every module imported):
+    ``--help`` answers in a second or a few, not after the 10-20 s torch and its friends take."""
     bin_dir = installed / "bin"
     commands = [[str(bin_dir / script), "--help"] for script in sorted(EXPECTED)]
     commands += [
@@ -159,7 +163,11 @@ def test_console_scripts_and_python_dash_m_answer_help(installed: Path, tmp_path
         for module in sorted(set(EXPECTED.values()))
     ]
     with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(lambda args: _run(args, cwd=tmp_path), commands))
+        results = list(
+            pool.map(lambda args: _run(args, tmp_path, PYTHONPROFILEIMPORTTIME="1"), commands)
+        )
     for args, done in zip(commands, results, strict=True):
         assert done.returncode == 0, (args, done.stdout + done.stderr)
         assert "usage:" in done.stdout, args
+        imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()}
+        assert "torch" not in imported, args

@@ -23,23 +23,23 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from clipsam import load_pipeline
 from clipsam.config import PRESETS, overrides_from_json, resolve_config
 from clipsam.data import DatasetError, Sample, group_by_category, load_mask
-from clipsam.heads import HeadLoadError
 from clipsam.images import ImageError, load_image
 from clipsam.logging_setup import configure_logging
 from clipsam.metrics import evaluate, format_table, mean_row
-from clipsam.pipeline import Pipeline
 from clipsam.weights import ENV_HEAD, WeightPaths
 from training import report
 from training.datasets import load_samples
+
+if TYPE_CHECKING:
+    from clipsam.pipeline import Pipeline
 
 logger = logging.getLogger("training.evaluate")
 
@@ -138,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ValueError) as exc:  # DatasetError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from clipsam import load_pipeline  # torch: after the arguments (--help in a second)
+    from clipsam.heads import HeadLoadError
+
     try:
         pipeline = load_pipeline(args.preset, weight_paths=weight_paths(args), **overrides)
     except HeadLoadError as exc:

@@ -138,7 +138,7 @@ def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args, **kwargs):
         raise AssertionError("a usage error must be reported before the model loads")
 
-    monkeypatch.setattr(ev, "load_pipeline", refuse)
+    monkeypatch.setattr(clipsam, "load_pipeline", refuse)  # main imports it late
 
 
 @pytest.mark.parametrize(
@@ -210,7 +210,7 @@ def test_head_none_ignores_the_environment_head(monkeypatch, data_root: Path) ->
                     head=weight_paths.head, clip=weight_paths.clip)  # fmt: skip
         raise Loaded
 
-    monkeypatch.setattr(ev, "load_pipeline", fake_load)
+    monkeypatch.setattr(clipsam, "load_pipeline", fake_load)
     with pytest.raises(Loaded):
         ev.main(["--data", f"mvtec:{data_root}", "--preset", "tiny", "--head", "none"])
     assert seen == {
