@@ -54,6 +54,7 @@ def test_sam_encoder_with_sdpa_matches_stock(arch, route, monkeypatch):
     assert all("forward" not in b.attn.__dict__ for b in fast.blocks)
 
 
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")  # on purpose
 def test_sam_encoder_with_flex_attention_matches_stock(monkeypatch):
     """The rel-pos bias as a flex_attention score modification (eager here: compiling takes
     half a minute; the benchmark times the compiled kernel) gives stock's embedding."""
