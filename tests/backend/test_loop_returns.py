@@ -15,6 +15,7 @@ Figures (and how the bars were set from them) are in docs/method.md §13.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -56,7 +57,6 @@ FOUND_AFTER = 0.6  # share of defective test images with any returned region, af
 #: Share of good test images with a region before any correction: the training-free head at its
 #: calibrated thresholds (measured 0 % on both families; 100 % on carpet with them ignored).
 ALARMS_BEFORE = 0.5
-SECONDS = 120.0  # first correction posted → the new model_version served
 
 #: The backend's pipeline: the shipped micro-CLIP; SAM off until the micro-SAM weights ship
 #: (with SAM on, the returned regions are MMR's fused masks; measure again then).
@@ -95,8 +95,8 @@ class LoopResult:
                 f"regions on {self.false_alarms_before:.0%} of good images before the "
                 f"corrections (> {ALARMS_BEFORE:.0%})"
             )
-        if not self.seconds <= SECONDS:
-            out.append(f"new model_version after {self.seconds:.0f} s (> {SECONDS:.0f} s)")
+        if self.seconds == math.inf:  # how fast is printed, not judged: benchmarks/retrain.py
+            out.append("no new model_version served")
         return out
 
 
