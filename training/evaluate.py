@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ValueError) as exc:  # DatasetError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from clipsam import load_pipeline  # torch: after the arguments (--help in a second)
+    from clipsam import load_pipeline  # torch only after the arguments parse: --help skips it
     from clipsam.heads import HeadLoadError
 
     try:
