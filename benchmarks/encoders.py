@@ -54,6 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+#: The row of the pipeline's own bf16 encoders (``clipsam.precision.hold_weights_for_autocast``).
+HELD = "ours, bf16 autocast, matmul weights held in bf16 (a bf16 pipeline's encoders)"
+
 #: Inductor's freezing: the frozen weights become constants, pre-packed for the matmul kernels.
 FREEZING = {"freezing": True}
 
@@ -101,6 +104,12 @@ def run(args: argparse.Namespace) -> str:
         int8 = clipsam.load_pipeline(args.arch, weights="random", device=args.device,
                                      precision="fp32", quantize="int8")  # fmt: skip
         assert int8.sam is not None
+    # The same seeded weights as a bf16 pipeline loads them: matmul weights held in bf16.
+    held = None
+    if not args.skip_bf16:
+        held = clipsam.load_pipeline(args.arch, weights="random", device=args.device,
+                                     precision="bf16")  # fmt: skip
+        assert held.sam is not None
     lines = [
         f"# Encoders: `{args.arch}` preset, random weights, {device}, batch {args.batch}, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads",
@@ -137,6 +146,8 @@ def run(args: argparse.Namespace) -> str:
         "SDPA + materialised rel-pos mask, bf16 autocast (before)": (mask_encoder, half),
         "ours, bf16 autocast: rel-pos folded into q·kᵀ": (fast_encoder, half),
     }
+    if held is not None:
+        cases[HELD] = (held.sam.sam.image_encoder, half)
     if args.skip_bf16:
         cases = {name: case for name, case in cases.items() if case[1] is None}
     if int8 is not None:
@@ -208,6 +219,8 @@ def run(args: argparse.Namespace) -> str:
             calls["ours (SDPA, taps, vv), fp32"] = ours(None, clip)
             if not args.skip_bf16:
                 calls["ours (SDPA, taps, vv), bf16 autocast"] = ours(half, clip)
+            if held is not None:
+                calls[HELD] = ours(half, held.clip)
             if int8 is not None:
                 calls["ours, int8 linear layers (quantize='int8')"] = ours(None, int8.clip)
             if args.compiled and not args.skip_bf16:  # compiles on its warm-up call

@@ -24,7 +24,6 @@ and on CUDA, else fp32).
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import os
 import platform
@@ -151,11 +150,9 @@ class Clock:
         self.stages[name] += self.now() - start
 
 
-def install_counters(pipeline: Pipeline) -> Counter[str]:
-    """Forward hooks on the shared modules: images through CLIP / SAM's encoder, decoder calls.
-
-    Both loops run the same module objects, so one counter serves both.
-    """
+def install_counters(*pipelines: Pipeline) -> Counter[str]:
+    """Forward hooks on each pipeline's modules (ours, and the stock loop's fp32 backbones):
+    images through CLIP / SAM's encoder, decoder calls, all into one counter."""
     calls: Counter[str] = Counter()
 
     def clip_hook(module: Any, args: Any, output: Any) -> None:
@@ -168,10 +165,11 @@ def install_counters(pipeline: Pipeline) -> Counter[str]:
         calls["decoder_calls"] += 1
         calls["prompts"] += int(kwargs["sparse_prompt_embeddings"].shape[0])
 
-    pipeline.clip.visual.conv1.register_forward_hook(clip_hook)
-    if pipeline.sam is not None:
-        pipeline.sam.sam.image_encoder.register_forward_hook(encoder_hook)
-        pipeline.sam.sam.mask_decoder.register_forward_hook(decoder_hook, with_kwargs=True)
+    for pipeline in pipelines:
+        pipeline.clip.visual.conv1.register_forward_hook(clip_hook)
+        if pipeline.sam is not None:
+            pipeline.sam.sam.image_encoder.register_forward_hook(encoder_hook)
+            pipeline.sam.sam.mask_decoder.register_forward_hook(decoder_hook, with_kwargs=True)
     return calls
 
 
@@ -196,14 +194,17 @@ class StockLoop:
     the image, so that both loops decode the same K components.
     """
 
-    def __init__(self, pipeline: Pipeline, points: np.ndarray, boxes: np.ndarray) -> None:
+    def __init__(
+        self, pipeline: Pipeline, stock: Pipeline, points: np.ndarray, boxes: np.ndarray
+    ) -> None:
+        """``stock``: the same seeded backbones loaded in fp32 with stock attention (ours hold
+        their matmul weights in bf16); its CLIP and SAM run here, ``pipeline``'s head."""
         import open_clip
         from segment_anything import SamPredictor
 
-        from clipsam.sam_fast import disable_fast_attention, disable_fast_decoder
-
-        assert pipeline.sam is not None
+        assert stock.sam is not None and not stock.sam.fast_attention
         self.pipeline, self.points, self.boxes = pipeline, points, boxes
+        self.model = stock.clip.model
         config = pipeline.clip.config
         # Squash to S×S like the pipeline (open_clip's default crops the centre of non-squares).
         self.transform = open_clip.image_transform(
@@ -211,10 +212,7 @@ class StockLoop:
         )
         self.tokenizer = open_clip.get_tokenizer(config.clip_model)
         # Stock segment-anything: its own attention (ours runs SDPA), fp32, no autocast.
-        stock_sam = copy.deepcopy(self.pipeline.sam.sam).float()
-        disable_fast_attention(stock_sam.image_encoder)
-        disable_fast_decoder(stock_sam.mask_decoder)
-        self.predictor = SamPredictor(stock_sam)
+        self.predictor = SamPredictor(stock.sam.sam)
         self.indices = [layer - 1 for layer in config.layers]  # open_clip counts from 0
         self.own_components = 0  # components of the stock map, for the report
 
@@ -225,7 +223,7 @@ class StockLoop:
 
         from clipsam.prompts import prompt_sentences
 
-        model, device = self.pipeline.clip.model, self.pipeline.device
+        model, device = self.model, self.pipeline.device
         with torch.no_grad():
             rows = []
             for sentences in prompt_sentences(category):
@@ -245,7 +243,7 @@ class StockLoop:
         from clipsam.refine import find_components
 
         pipeline = self.pipeline
-        model, device = pipeline.clip.model, pipeline.device
+        model, device = self.model, pipeline.device
         mmr = pipeline.config.mmr
         with torch.no_grad():
             if text is None:
@@ -318,7 +316,7 @@ def stock_encoder_flops(pipeline: Pipeline, stock: StockLoop) -> dict[str, float
         ):
             size = clip_config.image_size
             with FlopCounterMode(display=False) as counter:
-                pipeline.clip.visual.forward_intermediates(
+                stock.model.visual.forward_intermediates(
                     torch.empty(1, 3, size, size, device=pipeline.device),
                     indices=indices,
                     output_fmt="NLC",
@@ -416,11 +414,15 @@ def run(args: argparse.Namespace) -> str:
         args.arch, weights="random", head="umci", device=args.device, precision=args.precision
     )
     load_s = time.perf_counter() - start
+    stock_backbones = clipsam.load_pipeline(
+        args.arch, weights="random", head="none", device=args.device, precision="fp32",
+        fast_attention=False,
+    )  # fmt: skip
     if pipeline.sam is None:
         raise SystemExit(f"preset {args.arch!r} runs without SAM; nothing to compare")
     device = pipeline.device
     clock = Clock(device)
-    calls = install_counters(pipeline)
+    calls = install_counters(pipeline, stock_backbones)
     image = synthetic_image(args.size, args.category, seed=0)
     clean_image = synthetic_image(args.size, args.category, seed=1)
     info = pipeline.info()
@@ -441,7 +443,7 @@ def run(args: argparse.Namespace) -> str:
     k = len(components)
     if k == 0:
         raise SystemExit(f"no τ lets components through on this image (tried {quantile:.4%})")
-    stock = StockLoop(pipeline, points, boxes)
+    stock = StockLoop(pipeline, stock_backbones, points, boxes)
     # The stock loop's text features, once per category (as APRIL-GAN's test.py does): timed
     # once here; the per-image-text row adds this time to the loop.
     start = clock.now()
@@ -481,7 +483,9 @@ def run(args: argparse.Namespace) -> str:
     if args.warmup:
         tiny = synthetic_image((64, 64), args.category, seed=2)
         warm_points = np.full((1, 1, 2), 16.0, dtype=np.float32)
-        warm_stock = StockLoop(pipeline, warm_points, np.asarray([[0, 0, 32, 32]], "f4"))
+        warm_stock = StockLoop(
+            pipeline, stock_backbones, warm_points, np.asarray([[0, 0, 32, 32]], "f4")
+        )
         warm_stock(tiny, args.category, Clock(device), stock_text)
         pipeline.predict([tiny], args.category)
         pipeline.cache.clear_memory()

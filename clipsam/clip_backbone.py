@@ -25,7 +25,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from clipsam.config import ClipConfig
-from clipsam.precision import autocast
+from clipsam.precision import autocast, hold_weights_for_autocast
 from clipsam.prompts import category_phrase, prompt_sentences
 from clipsam.weights import WeightSource
 
@@ -71,6 +71,12 @@ class ClipBackbone(nn.Module):
         self._text_key_locks: dict[tuple[str, tuple[str, ...]], threading.Lock] = {}
         #: Set by the pipeline (``clipsam.precision``): image forwards run under this autocast.
         self.autocast_dtype: torch.dtype | None = None
+
+    def hold_weights_in(self, dtype: torch.dtype) -> int:
+        """Hold the visual tower's matmul weights in ``dtype``, the autocast its forwards run
+        under (:func:`clipsam.precision.hold_weights_for_autocast`); the text tower keeps fp32."""
+        proj = self.visual.proj
+        return hold_weights_for_autocast(self.visual, dtype, (proj,) if proj is not None else ())
 
     @property
     def visual(self) -> Any:

@@ -458,6 +458,11 @@ def load_pipeline(
         sam.set_precision(clip.autocast_dtype)
     if config.quantize == "int8":
         quantize_encoders(config, clip, sam, device)
+    elif clip.autocast_dtype is not None:  # bit-identical under the autocast; see the helper
+        held = clip.hold_weights_in(clip.autocast_dtype)
+        if sam is not None:
+            held += sam.hold_encoder_weights_in(clip.autocast_dtype)
+        logger.debug("%d frozen weight sets held in %s", held, clip.autocast_dtype)
     head = (
         load_head(config.head_path, clip.backbone_id)
         if config.head_path is not None

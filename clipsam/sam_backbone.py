@@ -24,7 +24,7 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from torch import Tensor
 
 from clipsam.config import SamConfig
-from clipsam.precision import autocast
+from clipsam.precision import autocast, hold_weights_for_autocast
 from clipsam.sam_fast import enable_fast_attention, enable_fast_decoder
 from clipsam.weights import WeightSource
 
@@ -149,6 +149,11 @@ class SamBackbone:
         """
         self.autocast_dtype = dtype
         self.sam.mask_decoder.to(dtype or torch.float32)
+
+    def hold_encoder_weights_in(self, dtype: torch.dtype) -> int:
+        """Hold the image encoder's matmul weights in ``dtype``, the autocast it runs under
+        (:func:`clipsam.precision.hold_weights_for_autocast`)."""
+        return hold_weights_for_autocast(self.sam.image_encoder, dtype)
 
     def input_size(self, original: tuple[int, int]) -> tuple[int, int]:
         """(h, w) of an image of ``original`` (H, W) after resizing its longest side."""

@@ -110,6 +110,29 @@ def test_bf16_backbones_stay_close_to_fp32(make_tiny):
     assert 0 < relative < 0.02
 
 
+def test_bf16_pipelines_hold_encoder_weights_in_bf16_bit_identically(make_tiny):
+    """Autocast casts frozen weights again on every call, so a bf16 pipeline holds its
+    encoders' matmul weights in bf16 once: the CLIP features and SAM embedding are the very
+    bits that fp32 weights under the same autocast give; norms and the text tower stay fp32."""
+    image = np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    held, plain = make_tiny(precision="bf16"), make_tiny(precision="fp32")
+    plain.clip.autocast_dtype = torch.bfloat16
+    plain.sam.set_precision(torch.bfloat16)
+    visual, encoder = held.clip.visual, held.sam.sam.image_encoder
+    assert visual.transformer.resblocks[0].attn.in_proj_weight.dtype == torch.bfloat16
+    assert visual.proj.dtype == torch.bfloat16 and visual.conv1.weight.dtype == torch.bfloat16
+    assert encoder.blocks[0].mlp.lin1.weight.dtype == torch.bfloat16
+    assert visual.ln_post.weight.dtype == torch.float32
+    assert encoder.blocks[0].attn.rel_pos_h.dtype == torch.float32
+    assert held.clip.model.transformer.resblocks[0].attn.in_proj_weight.dtype == torch.float32
+    pixels = held.clip.preprocess([image])
+    ours, theirs = held.clip.encode_images(pixels), plain.clip.encode_images(pixels)
+    assert set(ours) == set(theirs)
+    for name in ours:
+        assert torch.equal(ours[name], theirs[name]), name
+    assert torch.equal(held.sam.embed([image]), plain.sam.embed([image]))
+
+
 @pytest.mark.parametrize("multimask", [False, True])
 def test_fast_sam_decoder_matches_stock(make_tiny, multimask):
     """Shared image tokens, folded attention, sub-pixel upscaling: the stock decoder's output."""
