@@ -4,8 +4,8 @@ backend (``SamPredictor.set_image`` + ``predict`` on every click).
 Each click goes the whole way but HTTP and the image fetch: a Label Studio context in percent
 → prompts → mask → the brush RLE result. Ours runs ``Pipeline.segment`` on an image whose
 embedding is cached (what every click after the first costs, and the first click on a
-pre-annotated image); the baseline is segment-anything's stock ``SamPredictor`` on a copy of
-the same SAM with our fast paths off, in fp32, re-encoding the image on every click as Label
+pre-annotated image); the baseline is segment-anything's stock ``SamPredictor`` on the same
+seeded SAM loaded with our fast paths off, in fp32, re-encoding the image on every click as Label
 Studio's SAM example does. Random weights, one synthetic image, one process, cases
 interleaved; p50/p95 over the clicks. Never pass/fail.
 """
@@ -49,7 +49,6 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run(args: argparse.Namespace) -> str:
-    import copy
 
     import torch
     from segment_anything import SamPredictor
@@ -57,7 +56,6 @@ def run(args: argparse.Namespace) -> str:
     import clipsam
     from clipsam.data import render_synthetic_image
     from clipsam.images import image_hash
-    from clipsam.sam_fast import disable_fast_attention, disable_fast_decoder
     from labelstudio.interactive import interactive_config, read_context
     from labelstudio.interactive_result import mask_prediction
 
@@ -70,10 +68,14 @@ def run(args: argparse.Namespace) -> str:
     pipeline = clipsam.load_pipeline(args.arch, weights="random", device=args.device)
     load_s = time.perf_counter() - started
     assert pipeline.sam is not None
-    stock = copy.deepcopy(pipeline.sam.sam).float()
-    disable_fast_attention(stock.image_encoder)
-    disable_fast_decoder(stock.mask_decoder)
-    predictor = SamPredictor(stock)
+    # Stock segment-anything: the same seeded weights in fp32 with its own attention and decoder
+    # (ours hold the encoder's matmul weights in bf16 under bf16 autocast).
+    stock = clipsam.load_pipeline(
+        args.arch, weights="random", device=args.device, precision="fp32",
+        fast_attention=False,
+    ).sam  # fmt: skip
+    assert stock is not None and not stock.fast_attention
+    predictor = SamPredictor(stock.sam)
     image, _ = render_synthetic_image(
         "widget", np.random.default_rng(0), (height, width), ("scratch", "spot")
     )
