@@ -72,11 +72,11 @@ class ClipBackbone(nn.Module):
         #: Set by the pipeline (``clipsam.precision``): image forwards run under this autocast.
         self.autocast_dtype: torch.dtype | None = None
 
-    def hold_weights_in(self, dtype: torch.dtype) -> int:
+    def hold_weights_in(self, dtype: torch.dtype) -> None:
         """Hold the visual tower's matmul weights in ``dtype``, the autocast its forwards run
         under (:func:`clipsam.precision.hold_weights_for_autocast`); the text tower keeps fp32."""
         proj = self.visual.proj
-        return hold_weights_for_autocast(self.visual, dtype, (proj,) if proj is not None else ())
+        hold_weights_for_autocast(self.visual, dtype, (proj,) if proj is not None else ())
 
     @property
     def visual(self) -> Any:

@@ -459,10 +459,9 @@ def load_pipeline(
     if config.quantize == "int8":
         quantize_encoders(config, clip, sam, device)
     elif clip.autocast_dtype is not None:  # bit-identical under the autocast; see the helper
-        held = clip.hold_weights_in(clip.autocast_dtype)
+        clip.hold_weights_in(clip.autocast_dtype)
         if sam is not None:
-            held += sam.hold_encoder_weights_in(clip.autocast_dtype)
-        logger.debug("%d frozen weight sets held in %s", held, clip.autocast_dtype)
+            sam.hold_encoder_weights_in(clip.autocast_dtype)
     head = (
         load_head(config.head_path, clip.backbone_id)
         if config.head_path is not None

@@ -150,10 +150,10 @@ class SamBackbone:
         self.autocast_dtype = dtype
         self.sam.mask_decoder.to(dtype or torch.float32)
 
-    def hold_encoder_weights_in(self, dtype: torch.dtype) -> int:
+    def hold_encoder_weights_in(self, dtype: torch.dtype) -> None:
         """Hold the image encoder's matmul weights in ``dtype``, the autocast it runs under
         (:func:`clipsam.precision.hold_weights_for_autocast`)."""
-        return hold_weights_for_autocast(self.sam.image_encoder, dtype)
+        hold_weights_for_autocast(self.sam.image_encoder, dtype)
 
     def input_size(self, original: tuple[int, int]) -> tuple[int, int]:
         """(h, w) of an image of ``original`` (H, W) after resizing its longest side."""
