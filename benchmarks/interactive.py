@@ -49,7 +49,6 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run(args: argparse.Namespace) -> str:
-
     import torch
     from segment_anything import SamPredictor
 

@@ -414,12 +414,12 @@ def run(args: argparse.Namespace) -> str:
         args.arch, weights="random", head="umci", device=args.device, precision=args.precision
     )
     load_s = time.perf_counter() - start
+    if pipeline.sam is None:
+        raise SystemExit(f"preset {args.arch!r} runs without SAM; nothing to compare")
     stock_backbones = clipsam.load_pipeline(
         args.arch, weights="random", head="none", device=args.device, precision="fp32",
         fast_attention=False,
     )  # fmt: skip
-    if pipeline.sam is None:
-        raise SystemExit(f"preset {args.arch!r} runs without SAM; nothing to compare")
     device = pipeline.device
     clock = Clock(device)
     calls = install_counters(pipeline, stock_backbones)
